@@ -1,0 +1,88 @@
+"""Lookup speed of `CompressedEmbedding` against `nn.Embedding`, side by side in one run.
+
+Shape of all-MiniLM-L6-v2's word embeddings (V=30522, D=384), a batch of 64×512 ids, M=32, K=16 by default.
+Run: python benchmarks/lookup.py > benchmarks/results/lookup.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dccl_hf import CompressedEmbedding
+
+
+def median_seconds(step: Callable[[], None], repeats: int) -> float:
+    """Median wall time of `step` after two warm-up calls."""
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def forward_step(module: nn.Module, ids: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad():
+            module(ids)
+
+    return step
+
+
+def forward_backward_step(module: nn.Module, ids: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        module(ids).sum().backward()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--vocab", type=int, default=30522)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("-M", "--num-codebooks", type=int, default=32)
+    parser.add_argument("-K", "--codebook-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+
+    generator = torch.Generator().manual_seed(0)
+    dense = nn.Embedding(args.vocab, args.dim)
+    codes = torch.randint(args.codebook_size, (args.vocab, args.num_codebooks), generator=generator)
+    codebook = torch.randn(args.num_codebooks, args.codebook_size, args.dim, generator=generator)
+    compressed = CompressedEmbedding.from_codes(codes, codebook)
+    ids = torch.randint(args.vocab, (args.batch, args.seq), generator=generator)
+
+    print(f"# command: python {' '.join(sys.argv)}")
+    print(f"# torch {torch.__version__}, V={args.vocab}, D={args.dim}, ids={args.batch}x{args.seq}, ", end="")
+    print(f"M={args.num_codebooks}, K={args.codebook_size}, median of {args.repeats}")
+    print(f"# {compressed}")
+    header = f"{'threads':>7} {'pass':>16} {'nn.Embedding ms':>16} {'Compressed ms':>14} {'ratio':>6}"
+    print(header)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, make_step in (("forward", forward_step), ("forward+backward", forward_backward_step)):
+            dense_time = median_seconds(make_step(dense, ids), args.repeats)
+            compressed_time = median_seconds(make_step(compressed, ids), args.repeats)
+            print(
+                f"{threads:>7} {name:>16} {dense_time * 1e3:>16.2f} {compressed_time * 1e3:>14.2f} "
+                f"{compressed_time / dense_time:>6.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

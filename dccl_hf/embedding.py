@@ -1,0 +1,213 @@
+"""`CompressedEmbedding`: a drop-in `nn.Embedding` whose rows are sums of M codewords chosen by packed codes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from dccl_hf.packing import bits_per_code, pack_codes, packed_row_bytes, unpack_codes
+
+
+class CompressedEmbedding(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="dccl_hf",
+    tags=["dccl", "embedding-compression"],
+    repo_url="https://github.com/dccl-hf/dccl_hf",
+    paper_url="https://arxiv.org/abs/1711.01068",
+):
+    """Embedding table stored as M codes per row into M codebooks of K codewords each.
+
+    Row i is ``sum_m codebook[m, codes[i, m]]``. The codes live bit-packed in the ``packed_codes`` buffer (never
+    trained); the ``codebook`` of shape (M, K, D) is a parameter, so a compressed model can be fine-tuned.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        num_codebooks: int,
+        codebook_size: int,
+        padding_idx: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        bits_per_code(codebook_size)
+        for name, value in (
+            ("num_embeddings", num_embeddings),
+            ("embedding_dim", embedding_dim),
+            ("num_codebooks", num_codebooks),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(
+                    f"padding_idx must be within num_embeddings ({num_embeddings}), got {padding_idx}."
+                )
+            padding_idx %= num_embeddings
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.padding_idx = padding_idx
+        self.codebook = nn.Parameter(
+            torch.empty(num_codebooks, codebook_size, embedding_dim, dtype=dtype, device=device)
+        )
+        row_bytes = packed_row_bytes(num_codebooks, codebook_size)
+        self.register_buffer(
+            "packed_codes", torch.zeros(num_embeddings, row_bytes, dtype=torch.uint8, device=device)
+        )
+        self.register_buffer(
+            "code_offsets",
+            torch.arange(num_codebooks, device=device, dtype=torch.int32) * codebook_size,
+            persistent=False,
+        )
+        self.reset_parameters()
+
+    @classmethod
+    def from_codes(
+        cls, codes: torch.Tensor, codebook: torch.Tensor, padding_idx: int | None = None
+    ) -> CompressedEmbedding:
+        """Build the module from integer codes (V, M) and a codebook (M, K, D); the codebook is copied."""
+        if codes.ndim != 2:
+            raise ValueError(
+                f"codes must have shape (num_embeddings, num_codebooks), got {tuple(codes.shape)}."
+            )
+        if codebook.ndim != 3:
+            raise ValueError(
+                f"codebook must have shape (num_codebooks, codebook_size, embedding_dim), got {tuple(codebook.shape)}."
+            )
+        if codes.shape[1] != codebook.shape[0]:
+            raise ValueError(
+                f"codes have {codes.shape[1]} codes per row but the codebook has {codebook.shape[0]} codebooks."
+            )
+        module = cls(
+            codes.shape[0],
+            codebook.shape[2],
+            codebook.shape[0],
+            codebook.shape[1],
+            padding_idx=padding_idx,
+            dtype=codebook.dtype,
+            device=codebook.device,
+        )
+        with torch.no_grad():
+            module.codebook.copy_(codebook)
+        module.set_codes(codes)
+        return module
+
+    def reset_parameters(self) -> None:
+        """Random codes and a codebook whose sums have unit variance, like `nn.Embedding`'s N(0, 1) init."""
+        with torch.no_grad():
+            nn.init.normal_(self.codebook, std=1.0 / math.sqrt(self.num_codebooks))
+            if self.packed_codes.device.type != "meta":
+                codes = torch.randint(
+                    self.codebook_size,
+                    (self.num_embeddings, self.num_codebooks),
+                    device=self.packed_codes.device,
+                )
+                self.packed_codes.copy_(pack_codes(codes, self.codebook_size))
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """The unpacked codes, int64 of shape (num_embeddings, num_codebooks)."""
+        return unpack_codes(self.packed_codes, self.num_codebooks, self.codebook_size)
+
+    def set_codes(self, codes: torch.Tensor) -> None:
+        """Replace all codes; `codes` is an integer tensor of shape (num_embeddings, num_codebooks)."""
+        expected = (self.num_embeddings, self.num_codebooks)
+        if tuple(codes.shape) != expected:
+            raise ValueError(f"codes must have shape {expected}, got {tuple(codes.shape)}.")
+        self.packed_codes.copy_(pack_codes(codes.to(self.packed_codes.device), self.codebook_size))
+
+    @property
+    def bits_per_row(self) -> int:
+        """Bits of codes per row: M·log2(K)."""
+        return self.num_codebooks * bits_per_code(self.codebook_size)
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes taken by the packed codes."""
+        return self.packed_codes.numel()
+
+    @property
+    def codebook_bytes(self) -> int:
+        """Bytes taken by the codebook in its current dtype."""
+        return self.codebook.numel() * self.codebook.element_size()
+
+    @property
+    def compression_ratio(self) -> float:
+        """Size of the equivalent dense fp32 table divided by the size of codes plus codebook."""
+        dense_bytes = self.num_embeddings * self.embedding_dim * 4
+        return dense_bytes / (self.code_bytes + self.codebook_bytes)
+
+    def lookup_indices(self, flat_ids: torch.Tensor) -> torch.Tensor:
+        """Rows of the flattened (M·K, D) codebook to sum for each id: int32 (N, M)."""
+        packed = self.packed_codes.index_select(0, flat_ids)
+        return unpack_codes(packed, self.num_codebooks, self.codebook_size, torch.int32) + self.code_offsets
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embed ids of any shape: returns (*input_ids.shape, embedding_dim)."""
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.dtype.is_complex:
+            raise TypeError(f"input ids must be an integer tensor, got {input_ids.dtype}.")
+        flat_ids = input_ids.reshape(-1).to(torch.int64)
+        flat_codebook = self.codebook.reshape(-1, self.embedding_dim)
+        if flat_ids.numel() == 0:
+            return flat_codebook.new_zeros(*input_ids.shape, self.embedding_dim)
+        output = F.embedding_bag(self.lookup_indices(flat_ids), flat_codebook, mode="sum")
+        if self.padding_idx is not None:
+            output = output.masked_fill((flat_ids == self.padding_idx).unsqueeze(-1), 0.0)
+        return output.reshape(*input_ids.shape, self.embedding_dim)
+
+    def reconstruct(self) -> torch.Tensor:
+        """The dense (num_embeddings, embedding_dim) matrix these codes and codebook stand for."""
+        return self(torch.arange(self.num_embeddings, device=self.packed_codes.device))
+
+    def to_embedding(self) -> nn.Embedding:
+        """An equivalent dense `nn.Embedding` (same device and dtype)."""
+        with torch.no_grad():
+            weight = self.reconstruct()
+        return nn.Embedding.from_pretrained(weight, freeze=False, padding_idx=self.padding_idx)
+
+    def extra_repr(self) -> str:
+        padding = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, num_codebooks={self.num_codebooks}, "
+            f"codebook_size={self.codebook_size}{padding}, bits_per_row={self.bits_per_row}, "
+            f"compression_ratio={self.compression_ratio:.1f}x"
+        )
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from dccl_hf.artifacts import save_artifact
+
+        save_artifact(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        **model_kwargs: object,
+    ) -> CompressedEmbedding:
+        from dccl_hf.artifacts import load_artifact
+
+        return load_artifact(
+            cls,
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )

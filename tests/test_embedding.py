@@ -1,0 +1,138 @@
+import pytest
+import torch
+from torch import nn
+
+from dccl_hf import CompressedEmbedding
+
+
+def naive_lookup(codes: torch.Tensor, codebook: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    num_codebooks = codebook.shape[0]
+    return codebook[torch.arange(num_codebooks), codes[ids]].sum(-2)
+
+
+@pytest.mark.parametrize(
+    ("vocab", "dim", "num_codebooks", "codebook_size"),
+    [
+        (50, 8, 4, 2),
+        (300, 16, 32, 16),
+        (1000, 12, 16, 256),
+        (5000, 4, 3, 4096),
+        (97, 5, 7, 8),
+        (64, 3, 5, 32768),
+        (40, 1, 2, 65536),
+    ],
+)
+def test_forward_matches_naive_sum_of_codewords(
+    vocab: int, dim: int, num_codebooks: int, codebook_size: int
+) -> None:
+    generator = torch.Generator().manual_seed(vocab)
+    codes = torch.randint(codebook_size, (vocab, num_codebooks), generator=generator)
+    codebook = torch.randn(num_codebooks, codebook_size, dim, generator=generator, dtype=torch.float64)
+    module = CompressedEmbedding.from_codes(codes, codebook)
+    ids = torch.randint(vocab, (3, 7, 2), generator=generator)
+    output = module(ids)
+    assert output.shape == (3, 7, 2, dim)
+    torch.testing.assert_close(output, naive_lookup(codes, codebook, ids))
+    assert torch.equal(module.codes, codes)
+    torch.testing.assert_close(module.reconstruct(), naive_lookup(codes, codebook, torch.arange(vocab)))
+
+
+def test_accepts_every_integer_input_shape_like_nn_embedding() -> None:
+    module = CompressedEmbedding(20, 6, 4, 16)
+    for ids in (
+        torch.tensor(3),
+        torch.tensor([1, 2]),
+        torch.zeros(0, 5, dtype=torch.long),
+        torch.ones(2, 3, dtype=torch.int32),
+    ):
+        assert module(ids).shape == (*ids.shape, 6)
+    torch.testing.assert_close(module(torch.tensor(3)), module.reconstruct()[3])
+
+
+def test_gradients_reach_the_codebook_only() -> None:
+    codes = torch.tensor([[0, 1], [1, 1], [1, 0]])
+    module = CompressedEmbedding.from_codes(codes, torch.randn(2, 2, 3))
+    module(torch.tensor([0, 0, 2])).sum().backward()
+    expected = torch.zeros(2, 2, 3)
+    expected[0, 0] = 2  # rows 0, 0 use codeword 0 of codebook 0
+    expected[0, 1] = 1  # row 2
+    expected[1, 1] = 2
+    expected[1, 0] = 1
+    torch.testing.assert_close(module.codebook.grad, expected)
+    assert [name for name, _ in module.named_parameters()] == ["codebook"]
+    assert set(module.state_dict()) == {"codebook", "packed_codes"}
+
+
+def test_padding_idx_row_is_zero_and_gets_no_gradient() -> None:
+    module = CompressedEmbedding.from_codes(
+        torch.tensor([[0, 1], [1, 1], [1, 0]]), torch.randn(2, 2, 3), padding_idx=1
+    )
+    output = module(torch.tensor([[1, 0], [1, 1]]))
+    assert torch.count_nonzero(output[:, :][torch.tensor([[True, False], [True, True]])]) == 0
+    assert torch.count_nonzero(output[0, 1]) > 0
+    module(torch.tensor([1, 1])).sum().backward()
+    assert torch.count_nonzero(module.codebook.grad) == 0
+    assert torch.count_nonzero(module.reconstruct()[1]) == 0
+    assert CompressedEmbedding(10, 2, 2, 2, padding_idx=-1).padding_idx == 9
+
+
+def test_out_of_range_ids_raise_like_nn_embedding() -> None:
+    module = CompressedEmbedding(10, 4, 2, 16)
+    dense = nn.Embedding(10, 4)
+    for ids in (torch.tensor([10]), torch.tensor([-1])):
+        with pytest.raises(IndexError) as dense_error:
+            dense(ids)
+        with pytest.raises(IndexError, match=str(dense_error.value)):
+            module(ids)
+    with pytest.raises(TypeError, match="integer"):
+        module(torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("codebook_size", [0, 1, 3, 100, 131072])
+def test_invalid_codebook_size_is_a_value_error(codebook_size: int) -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        CompressedEmbedding(10, 4, 2, codebook_size)
+
+
+def test_invalid_shapes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="num_codebooks"):
+        CompressedEmbedding(10, 4, 0, 16)
+    with pytest.raises(ValueError, match="padding_idx"):
+        CompressedEmbedding(10, 4, 2, 16, padding_idx=10)
+    with pytest.raises(ValueError, match="2 codebooks"):
+        CompressedEmbedding.from_codes(torch.zeros(5, 3, dtype=torch.long), torch.zeros(2, 4, 8))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        CompressedEmbedding.from_codes(torch.full((5, 2), 4), torch.zeros(2, 4, 8))
+
+
+def test_to_embedding_is_equivalent() -> None:
+    module = CompressedEmbedding(30, 5, 3, 8, padding_idx=2)
+    dense = module.to_embedding()
+    ids = torch.randint(30, (4, 6))
+    assert isinstance(dense, nn.Embedding)
+    assert dense.padding_idx == 2
+    torch.testing.assert_close(dense(ids), module(ids))
+
+
+def test_sizes_and_repr() -> None:
+    module = CompressedEmbedding(30522, 384, 32, 16)
+    assert module.bits_per_row == 128
+    assert module.packed_codes.shape == (30522, 16)
+    assert module.code_bytes == 30522 * 16
+    assert module.codebook_bytes == 32 * 16 * 384 * 4
+    assert module.compression_ratio == pytest.approx(30522 * 384 * 4 / (30522 * 16 + 32 * 16 * 384 * 4))
+    text = repr(module)
+    for fragment in ("30522, 384", "num_codebooks=32", "codebook_size=16", "compression_ratio=36.8x"):
+        assert fragment in text
+
+
+def test_half_precision_codebook() -> None:
+    codes = torch.randint(16, (40, 4))
+    codebook = torch.randn(4, 16, 8)
+    module = CompressedEmbedding.from_codes(codes, codebook).to(torch.bfloat16)
+    assert module.packed_codes.dtype == torch.uint8
+    output = module(torch.arange(40))
+    assert output.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        output.float(), naive_lookup(codes, codebook, torch.arange(40)), atol=0.1, rtol=0.05
+    )
