@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from dccl_hf.packing import bits_per_code, pack_codes, packed_row_bytes, unpack_codes
@@ -183,10 +184,73 @@ class CompressedEmbedding(
             f"compression_ratio={self.compression_ratio:.1f}x"
         )
 
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        config: dict | None = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """Save config.json, model.safetensors and README.md; all are staged and moved into place together.
+
+        config.json is derived from the module, so `config` must be None (it exists for the mixin's signature).
+        """
+        from dccl_hf.artifacts import staged_directory
+
+        if config is not None:
+            raise ValueError(
+                "CompressedEmbedding writes its own config.json from the module; do not pass `config`."
+            )
+        with staged_directory(save_directory) as staging:
+            super().save_pretrained(staging, model_card_kwargs=model_card_kwargs)
+        if push_to_hub:
+            return self.push_to_hub(
+                repo_id or Path(save_directory).resolve().name,
+                model_card_kwargs=model_card_kwargs,
+                **push_to_hub_kwargs,
+            )
+        return None
+
     def _save_pretrained(self, save_directory: Path) -> None:
         from dccl_hf.artifacts import save_artifact
 
         save_artifact(self, save_directory)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The README.md model card: library_name, tags, shapes, bits per row and compression ratio."""
+        from dccl_hf.artifacts import generate_model_card
+
+        return generate_model_card(self, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        **model_kwargs: Any,
+    ) -> CompressedEmbedding:
+        """Load from a `save_pretrained` directory or a Hub repo id; strict: a bad artifact is an `ArtifactError`.
+
+        Unlike `ModelHubMixin.from_pretrained`, config.json is read (once) by `dccl_hf.artifacts`, so a malformed
+        config is reported like any other artifact problem. `device` and `dtype` keywords place and cast the module.
+        """
+        return cls._from_pretrained(
+            model_id=str(pretrained_model_name_or_path),
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            **model_kwargs,
+        )
 
     @classmethod
     def _from_pretrained(
@@ -198,7 +262,7 @@ class CompressedEmbedding(
         force_download: bool,
         local_files_only: bool,
         token: str | bool | None,
-        **model_kwargs: object,
+        **model_kwargs: Any,
     ) -> CompressedEmbedding:
         from dccl_hf.artifacts import load_artifact
 
@@ -210,4 +274,5 @@ class CompressedEmbedding(
             force_download=force_download,
             local_files_only=local_files_only,
             token=token,
+            **model_kwargs,
         )
