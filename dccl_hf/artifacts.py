@@ -14,10 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from dccl_hf.files import write_file_atomic
 from dccl_hf.packing import bits_per_code, packed_row_bytes
 
 if TYPE_CHECKING:
@@ -121,29 +118,6 @@ def model_card_facts(module: CompressedEmbedding) -> dict[str, Any]:
     }
 
 
-def _sibling_temporary(path: Path) -> Path:
-    """A fresh hidden name next to `path`, for staging it."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-
-
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, flush it to disk and rename it into place.
-
-    The file gets the usual permissions (0o666 less the umask), unlike ``tempfile.mkstemp``'s private 0o600.
-    """
-    temporary = _sibling_temporary(path)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def save_artifact(module: CompressedEmbedding, directory: Path) -> None:
     """Write ``model.safetensors`` and ``config.json`` of `module` into `directory` (the mixin adds README.md)."""
     tensors = {
@@ -167,50 +141,6 @@ def save_artifact(module: CompressedEmbedding, directory: Path) -> None:
     }
     write_file_atomic(directory / WEIGHTS_NAME, weights)
     write_file_atomic(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make renames inside `directory` durable (POSIX only; elsewhere directories cannot be opened)."""
-    if os.name != "posix":
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-@contextmanager
-def staged_directory(target: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary directory next to `target`; on success publish its files into `target`.
-
-    A new `target` appears in one rename. An existing one keeps its other files; each staged file replaces its
-    namesake by ``os.replace`` once every staged file is complete, ``config.json`` last (it records the SHA-256 of
-    the weights, so a crash between two renames is caught at load time). On error nothing in `target` changes.
-    """
-    target = Path(target).resolve()
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"cannot save an artifact to {target}: it exists and is not a directory.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _sibling_temporary(target)
-    staging.mkdir()
-    try:
-        yield staging
-        names = sorted(path.name for path in staging.iterdir())
-        for name in names:
-            with open(staging / name, "rb") as file:
-                os.fsync(file.fileno())
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            for name in sorted(names, key=lambda name: name == CONFIG_NAME):
-                os.replace(staging / name, target / name)
-        _fsync_directory(target)
-        logger.info("Saved %s to %s", ", ".join(names), target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _artifact_file(model_id: str, filename: str, hub_kwargs: dict[str, Any]) -> Path:

@@ -198,7 +198,7 @@ class CompressedEmbedding(
 
         config.json is derived from the module, so `config` must be None (it exists for the mixin's signature).
         """
-        from dccl_hf.artifacts import staged_directory
+        from dccl_hf.files import staged_directory
 
         if config is not None:
             raise ValueError(

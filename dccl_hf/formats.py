@@ -17,8 +17,8 @@ from typing import NoReturn
 import numpy as np
 import torch
 
-from dccl_hf.artifacts import write_file_atomic
 from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.files import write_file_atomic
 from dccl_hf.packing import bits_per_code
 
 logger = logging.getLogger(__name__)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dccl_hf.files import write_file_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +42,9 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write `state` (tensors, numbers, strings, lists and dicts of them) atomically."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".checkpoint-", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(state, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_file_atomic(self.path, buffer.getvalue())
 
     def clear(self) -> None:
         """Remove the checkpoint once a run has finished."""
