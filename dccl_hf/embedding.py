@@ -65,11 +65,6 @@ class CompressedEmbedding(
         self.register_buffer(
             "packed_codes", torch.zeros(num_embeddings, row_bytes, dtype=torch.uint8, device=device)
         )
-        self.register_buffer(
-            "code_offsets",
-            torch.arange(num_codebooks, device=device, dtype=torch.int32) * codebook_size,
-            persistent=False,
-        )
         self.reset_parameters()
 
     @classmethod
@@ -151,7 +146,15 @@ class CompressedEmbedding(
     def lookup_indices(self, flat_ids: torch.Tensor) -> torch.Tensor:
         """Rows of the flattened (M·K, D) codebook to sum for each id: int32 (N, M)."""
         packed = self.packed_codes.index_select(0, flat_ids)
-        return unpack_codes(packed, self.num_codebooks, self.codebook_size, torch.int32) + self.code_offsets
+        codes = unpack_codes(packed, self.num_codebooks, self.codebook_size, torch.int32)
+        offsets = torch.arange(
+            0,
+            self.num_codebooks * self.codebook_size,
+            self.codebook_size,
+            dtype=torch.int32,
+            device=codes.device,
+        )
+        return codes + offsets
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Embed ids of any shape: returns (*input_ids.shape, embedding_dim)."""

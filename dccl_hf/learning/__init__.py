@@ -1,0 +1,315 @@
+"""`compress`: learn codes and codebooks for an embedding matrix with one of the registered methods.
+
+Also the input normalisation shared with `dccl_hf.metrics`: a tensor, numpy array (np.memmap included) or
+`nn.Embedding` is read in row chunks, checked (2-D, non-empty, numeric, finite) and turned into float32 on the
+target device without copying the matrix more than once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.learning.additive import fit_additive
+from dccl_hf.learning.checkpoint import Checkpointer
+from dccl_hf.learning.dccl import fit_dccl
+from dccl_hf.packing import bits_per_code
+
+logger = logging.getLogger(__name__)
+
+MatrixLike = torch.Tensor | np.ndarray | nn.Embedding
+FitFunction = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+#: The learning methods `compress` knows, by name. Each follows the shared `fit` signature (docs/architecture.md).
+METHODS: dict[str, FitFunction] = {"additive": fit_additive, "dccl": fit_dccl}
+
+#: Float elements per chunk when reading or checking a matrix (16 MiB of float32).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def compress(
+    matrix: MatrixLike,
+    num_codebooks: int = 32,
+    codebook_size: int = 16,
+    *,
+    method: str = "additive",
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    weights: torch.Tensor | np.ndarray | list[float] | None = None,
+    padding_idx: int | None = None,
+    time_budget: float | None = None,
+    max_iterations: int | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> CompressedEmbedding:
+    """Compress `matrix` (V×D) into M = `num_codebooks` codes per row over codebooks of K = `codebook_size`.
+
+    `matrix` is a torch tensor, a numpy array (a read-only `np.memmap` is read in chunks, copied once) or an
+    `nn.Embedding` (its `padding_idx` is used unless one is given). `weights` (V,) ≥ 0 are row importances, e.g.
+    token frequencies: heavier rows are reconstructed better. The `padding_idx` row gets weight 0 and decodes to
+    zeros. `time_budget` (seconds) and `max_iterations` bound the run; with `checkpoint_dir` the run saves its
+    state there and a rerun of the same job resumes from it. `options` go to the method (see `METHODS`).
+    """
+    fit = _method(method)
+    _check_arguments(num_codebooks, codebook_size, seed, time_budget, max_iterations)
+    if padding_idx is None and isinstance(matrix, nn.Embedding):
+        padding_idx = matrix.padding_idx
+    target = resolve_device(device)
+    data = load_matrix(matrix, target)
+    rows, dim = data.shape
+    padding = _padding_index(padding_idx, rows)
+    row_weights = _row_weights(weights, rows, padding, target)
+    generator = torch.Generator(device=target).manual_seed(seed)
+    checkpointer = None
+    if checkpoint_dir is not None:
+        job = {
+            "method": method,
+            "num_codebooks": num_codebooks,
+            "codebook_size": codebook_size,
+            "shape": [rows, dim],
+            "seed": seed,
+            "padding_idx": padding,
+            "matrix_sum": _fingerprint(data),
+            "weights_sum": None if row_weights is None else _fingerprint(row_weights.unsqueeze(1)),
+        }
+        checkpointer = JobCheckpointer(checkpoint_dir, job)
+    logger.info(
+        "Compressing %d×%d rows into M=%d codes of K=%d with method %r on %s",
+        rows,
+        dim,
+        num_codebooks,
+        codebook_size,
+        method,
+        target,
+    )
+    codes, codebook = fit(
+        data,
+        num_codebooks,
+        codebook_size,
+        weights=row_weights,
+        generator=generator,
+        checkpointer=checkpointer,
+        progress=progress,
+        time_budget=time_budget,
+        max_iterations=max_iterations,
+        **options,
+    )
+    return CompressedEmbedding.from_codes(codes, codebook, padding_idx=padding)
+
+
+class JobCheckpointer(Checkpointer):
+    """A `Checkpointer` that stamps every state with its job and refuses to resume a different job."""
+
+    def __init__(self, directory: str | os.PathLike[str], job: dict[str, Any]) -> None:
+        super().__init__(directory)
+        self.job = job
+
+    def load(self) -> dict[str, Any] | None:
+        state = super().load()
+        if state is None:
+            return None
+        saved = state.get("job")
+        if saved != self.job:
+            if isinstance(saved, dict):
+                differences = "; ".join(
+                    f"{key}: checkpoint {saved.get(key)!r}, now {value!r}"
+                    for key, value in self.job.items()
+                    if saved.get(key) != value
+                )
+            else:
+                differences = "it was not written by dccl_hf.compress"
+            raise ValueError(
+                f"The checkpoint {self.path} belongs to a different job ({differences}). Use another "
+                f"checkpoint directory, or delete {self.path} to start this job over."
+            )
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        super().save({**state, "job": self.job})
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`"auto"` → CUDA when available, else CPU; anything else is parsed as a torch device."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got {device!r}."
+        ) from error
+
+
+def matrix_shape(matrix: MatrixLike) -> tuple[int, int]:
+    """(rows, dimensions) of a validated 2-D, non-empty, numeric matrix."""
+    return _check_layout(_source(matrix))
+
+
+def iter_row_chunks(
+    matrix: MatrixLike, device: torch.device, chunk_rows: int | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (first row, float32 chunk on `device`) over the rows, raising on the first NaN/Inf row."""
+    source = _source(matrix)
+    rows, dim = _check_layout(source)
+    step = chunk_rows or max(1, CHUNK_ELEMENTS // dim)
+    for start in range(0, rows, step):
+        chunk = _float_chunk(source[start : start + step], device)
+        _check_finite(chunk, start)
+        yield start, chunk
+
+
+def load_matrix(matrix: MatrixLike, device: torch.device) -> torch.Tensor:
+    """The whole matrix as a float32 (N, D) tensor on `device`.
+
+    A float32 tensor already on `device` (or a writable in-memory float32 numpy array, for CPU) is used as is,
+    without a copy; anything else (other dtypes, other devices, memory-mapped files) is converted chunk by chunk
+    into a single preallocated tensor, so the matrix exists at most twice: the input and this copy.
+    """
+    source = _source(matrix)
+    rows, dim = _check_layout(source)
+    shared = _shared_tensor(source, device)
+    if shared is not None:
+        for _ in iter_row_chunks(shared, device):
+            pass  # iterating checks every chunk for NaN/Inf
+        return shared
+    data = torch.empty((rows, dim), dtype=torch.float32, device=device)
+    for start, chunk in iter_row_chunks(source, device):
+        data[start : start + chunk.shape[0]] = chunk
+    return data
+
+
+def _method(method: str) -> FitFunction:
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}.")
+    return METHODS[method]
+
+
+def _check_arguments(
+    num_codebooks: int, codebook_size: int, seed: int, time_budget: float | None, max_iterations: int | None
+) -> None:
+    if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or num_codebooks < 1:
+        raise ValueError(f"num_codebooks must be a positive integer, got {num_codebooks!r}.")
+    bits_per_code(codebook_size)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, got {seed!r}.")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}.")
+    if max_iterations is not None and (
+        isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 0
+    ):
+        raise ValueError(f"max_iterations must be a non-negative integer, got {max_iterations!r}.")
+
+
+def _source(matrix: MatrixLike) -> torch.Tensor | np.ndarray:
+    if isinstance(matrix, nn.Embedding):
+        return matrix.weight.detach()
+    if isinstance(matrix, torch.Tensor):
+        return matrix.detach()
+    if isinstance(matrix, np.ndarray):
+        return matrix
+    raise TypeError(
+        "matrix must be a torch.Tensor, a numpy array (np.memmap included) or an nn.Embedding, "
+        f"got {type(matrix).__name__}."
+    )
+
+
+def _check_layout(source: torch.Tensor | np.ndarray) -> tuple[int, int]:
+    if source.ndim != 2:
+        raise ValueError(f"matrix must be 2-D (rows × dimensions), got shape {tuple(source.shape)}.")
+    rows, dim = (int(size) for size in source.shape)
+    if rows == 0 or dim == 0:
+        raise ValueError(f"matrix is empty (shape {rows}×{dim}); it needs at least one row and one column.")
+    if isinstance(source, torch.Tensor):
+        numeric = source.dtype != torch.bool and not source.dtype.is_complex
+    else:
+        numeric = source.dtype.kind in "fiu"
+    if not numeric:
+        raise TypeError(f"matrix must hold real numbers, got dtype {source.dtype}.")
+    return rows, dim
+
+
+def _shared_tensor(source: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor | None:
+    """The input itself as a float32 tensor on `device` when that needs no copy, else None."""
+    if isinstance(source, torch.Tensor):
+        same_device = source.device.type == device.type and (
+            device.index is None or source.device.index == device.index
+        )
+        return source if source.dtype == torch.float32 and same_device else None
+    in_memory = not isinstance(source, np.memmap) and source.flags.writeable and source.flags.c_contiguous
+    if device.type == "cpu" and in_memory and source.dtype == np.float32 and source.dtype.isnative:
+        return torch.from_numpy(source)
+    return None
+
+
+def _float_chunk(block: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    if isinstance(block, np.ndarray):
+        # np.array copies just this chunk, so read-only memmaps are never handed to torch.
+        block = torch.from_numpy(np.array(block, dtype=np.float32))
+    return block.to(device=device, dtype=torch.float32)
+
+
+def _check_finite(chunk: torch.Tensor, start: int) -> None:
+    bad = ~torch.isfinite(chunk).all(dim=1)
+    if bool(bad.any()):
+        row = start + int(bad.nonzero()[0, 0])
+        raise ValueError(f"matrix row {row} contains NaN or Inf values; fix or drop that row and try again.")
+
+
+def _padding_index(padding_idx: int | None, rows: int) -> int | None:
+    if padding_idx is None:
+        return None
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, int) or not -rows <= padding_idx < rows:
+        raise ValueError(
+            f"padding_idx must be an integer row index in [-{rows}, {rows}), got {padding_idx!r}."
+        )
+    return padding_idx % rows
+
+
+def _row_weights(
+    weights: torch.Tensor | np.ndarray | list[float] | None,
+    rows: int,
+    padding_idx: int | None,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Validated float32 (rows,) weights on `device` with the padding row zeroed; None means uniform."""
+    if weights is None and padding_idx is None:
+        return None
+    if weights is None:
+        values = torch.ones(rows, device=device)
+    else:
+        if isinstance(weights, torch.Tensor):
+            values = weights.detach().to(device=device, dtype=torch.float32, copy=True)
+        else:
+            values = torch.as_tensor(np.asarray(weights, dtype=np.float32), device=device).clone()
+        if values.ndim != 1 or values.shape[0] != rows:
+            raise ValueError(
+                f"weights must hold one value per row ({rows}), got shape {tuple(values.shape)}."
+            )
+        for invalid, what in ((~torch.isfinite(values), "finite"), (values < 0, "non-negative")):
+            if bool(invalid.any()):
+                index = int(invalid.nonzero()[0, 0])
+                raise ValueError(f"weights must be {what}; weight {index} is {float(values[index])}.")
+    if padding_idx is not None:
+        values[padding_idx] = 0.0
+    if not bool((values > 0).any()):
+        raise ValueError(
+            "All row weights are zero (the padding row counts as zero); give some row a positive weight."
+        )
+    return values
+
+
+def _fingerprint(data: torch.Tensor) -> list[float]:
+    """Sum and sum of squares of a matrix, rounded so a rerun on the same data reproduces them exactly."""
+    total = torch.zeros(2, dtype=torch.float64, device=data.device)
+    for _, chunk in iter_row_chunks(data, data.device):
+        wide = chunk.double()
+        total += torch.stack([wide.sum(), wide.square().sum()])
+    return [float(f"{value:.6g}") for value in total.tolist()]

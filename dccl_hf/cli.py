@@ -1,0 +1,458 @@
+"""The `dccl-hf` command: compress an embedding table, evaluate, export/import reference files, push to the Hub."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub
+
+from dccl_hf import learning
+from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.files import write_file_atomic
+from dccl_hf.formats import load_reference, save_reference
+from dccl_hf.metrics import reconstruction_report
+from dccl_hf.packing import bits_per_code
+from dccl_hf.readers import (
+    FORMATS,
+    NAMED_SOURCES,
+    VOCAB_FILE,
+    EmbeddingSource,
+    check_words,
+    load_vocab,
+    read_embeddings,
+    save_vocab,
+)
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = ".checkpoint"
+RUN_FILE = "run.json"
+ARTIFACT_CONFIG = "config.json"
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+INPUT_HELP = (
+    "the embedding matrix: a GloVe .txt, word2vec/fastText .vec, word2vec binary .bin, .npy or .safetensors file "
+    "(.txt/.vec/.bin may be .gz), a Hugging Face model directory or repo id (its input embeddings), or a named "
+    f"data set: {', '.join(NAMED_SOURCES)}"
+)
+
+COMPRESS_EXAMPLES = """\
+examples:
+  dccl-hf compress glove-6b-50d --limit 50000 -M 32 -K 16 -o glove-m32k16 --time-budget 300
+  dccl-hf compress glove.6B.300d.txt -M 32 -K 16 -o glove300 --time-budget 600
+  dccl-hf compress sentence-transformers/all-MiniLM-L6-v2 -M 16 -K 256 -o minilm --device cuda
+  dccl-hf compress vectors.npy --vocab words.txt -M 8 -K 16 -o small --method dccl --max-iterations 2000
+
+An interrupted run (Ctrl-C, a killed process) keeps its state in OUTDIR/.checkpoint: rerun the same command with
+--resume to continue where it stopped. OUTDIR receives config.json, model.safetensors, README.md and, when the
+input has words, vocab.txt (one word per row); load it with CompressedEmbedding.from_pretrained(OUTDIR).
+"""
+
+EVALUATE_EXAMPLES = """\
+examples:
+  dccl-hf evaluate glove-m32k16 --original glove-6b-50d
+  dccl-hf evaluate minilm --original sentence-transformers/all-MiniLM-L6-v2 --limit 10000
+
+Prints the mean euclidean distance between original and reconstructed rows (the reference implementation's
+metric), the relative squared error, the mean cosine similarity, bits per row and the compression ratio. By default
+the first as many rows of the original as the artifact has are compared.
+"""
+
+EXPORT_EXAMPLES = """\
+examples:
+  dccl-hf export glove-m32k16 --prefix out/glove
+
+Writes out/glove.codes (one line per row: `word<TAB>c1 ... cM` when OUTDIR has vocab.txt, else `c1 ... cM`) and
+out/glove.codebook.npy (float32, M*K x D), the files of the reference implementation (neuralcompressor).
+"""
+
+IMPORT_EXAMPLES = """\
+examples:
+  dccl-hf import out/glove -o glove-m32k16
+
+Reads PREFIX.codes and PREFIX.codebook.npy and writes a dccl_hf artifact (plus vocab.txt when the codes file has
+words). K is the codebook rows divided by the codes per line unless --codebook-size is given.
+"""
+
+PUSH_EXAMPLES = """\
+examples:
+  dccl-hf push glove-m32k16 my-user/glove-6b-50d-dccl-m32k16 --private
+
+Uploads OUTDIR (config.json, model.safetensors, README.md model card, vocab.txt) to a Hub model repository,
+creating it if needed. The token comes from --token, the HF_TOKEN environment variable or `hf auth login`.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `dccl-hf` with `argv` (default: the command line); returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbosity = getattr(args, "verbose", 0)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dccl_hf").setLevel(
+        logging.DEBUG if verbosity > 1 else logging.INFO if verbosity else logging.WARNING
+    )
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, ImportError) as error:
+        logger.debug("%s failed", args.command, exc_info=True)
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"dccl-hf {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `dccl-hf` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="dccl-hf",
+        description="Compress embedding tables into compositional codes (Shu & Nakayama, ICLR 2018) and share them "
+        "as Hugging Face artifacts.",
+        epilog="Run `dccl-hf COMMAND --help` for the options and examples of each command.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log progress (-vv: debug)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_command(
+        name: str, summary: str, examples: str, handler: Callable[[argparse.Namespace], int]
+    ) -> Any:
+        command = commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=examples,
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.set_defaults(handler=handler)
+        return command
+
+    compress = add_command(
+        "compress",
+        "Learn M codes per row and M codebooks for an embedding matrix and save them as an artifact.",
+        COMPRESS_EXAMPLES,
+        _compress,
+    )
+    compress.add_argument("input", metavar="INPUT", help=INPUT_HELP)
+    compress.add_argument(
+        "-M",
+        "--num-codebooks",
+        type=int,
+        default=32,
+        metavar="M",
+        help="codes per row, M (default: %(default)s)",
+    )
+    compress.add_argument(
+        "-K",
+        "--codebook-size",
+        type=int,
+        default=16,
+        metavar="K",
+        help="codewords per codebook, K (default: %(default)s)",
+    )
+    compress.add_argument(
+        "-o", "--output", required=True, metavar="OUTDIR", help="directory for the artifact"
+    )
+    _add_input_options(compress)
+    compress.add_argument(
+        "--method",
+        choices=("additive", "dccl"),
+        default="additive",
+        help="additive: beam-search codes with least-squares codebooks (best quality, the default); "
+        "dccl: the paper's Gumbel-softmax autoencoder",
+    )
+    compress.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    compress.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    compress.add_argument(
+        "--padding-idx", type=int, metavar="ROW", help="row kept exactly zero (e.g. a padding token)"
+    )
+    compress.add_argument(
+        "--time-budget", type=float, metavar="SECONDS", help="stop learning after about this many seconds"
+    )
+    compress.add_argument("--max-iterations", type=int, metavar="N", help="stop learning after N iterations")
+    compress.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run whose checkpoint is in OUTDIR"
+    )
+    compress.add_argument("--overwrite", action="store_true", help="replace an artifact already in OUTDIR")
+
+    evaluate = add_command(
+        "evaluate",
+        "Compare an artifact's reconstruction with the original matrix and print the error report.",
+        EVALUATE_EXAMPLES,
+        _evaluate,
+    )
+    evaluate.add_argument("artifact", metavar="OUTDIR", help="directory written by `dccl-hf compress`")
+    evaluate.add_argument("--original", required=True, metavar="INPUT", help=INPUT_HELP)
+    _add_input_options(evaluate)
+
+    export = add_command(
+        "export",
+        "Write an artifact as the reference implementation's PREFIX.codes and PREFIX.codebook.npy.",
+        EXPORT_EXAMPLES,
+        _export,
+    )
+    export.add_argument("artifact", metavar="OUTDIR", help="directory written by `dccl-hf compress`")
+    export.add_argument("--prefix", required=True, metavar="P", help="path prefix of the two files")
+    export.add_argument(
+        "--no-words", action="store_true", help="write codes only, even when vocab.txt exists"
+    )
+
+    import_ = add_command(
+        "import",
+        "Turn the reference implementation's PREFIX.codes and PREFIX.codebook.npy into an artifact.",
+        IMPORT_EXAMPLES,
+        _import,
+    )
+    import_.add_argument("prefix", metavar="PREFIX", help="path prefix of the .codes and .codebook.npy files")
+    import_.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="directory for the artifact")
+    import_.add_argument(
+        "-K", "--codebook-size", type=int, metavar="K", help="codewords per codebook (default: inferred)"
+    )
+    import_.add_argument(
+        "--padding-idx", type=int, metavar="ROW", help="row of the padding token, if the table has one"
+    )
+    import_.add_argument("--overwrite", action="store_true", help="replace an artifact already in OUTDIR")
+
+    push = add_command(
+        "push", "Upload an artifact directory to a Hugging Face Hub model repository.", PUSH_EXAMPLES, _push
+    )
+    push.add_argument("artifact", metavar="OUTDIR", help="directory written by `dccl-hf compress`")
+    push.add_argument("repo_id", metavar="REPO_ID", help="the Hub repository, e.g. user/name")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--token", help="Hub access token (default: HF_TOKEN or the saved login)")
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.add_argument("--commit-message", default="Upload compressed embeddings with dccl-hf")
+    return parser
+
+
+def _add_input_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--limit", type=int, metavar="N", help="use only the first N rows")
+    command.add_argument(
+        "--format",
+        choices=FORMATS,
+        metavar="FORMAT",
+        help=f"input format: {', '.join(FORMATS)} (default: from the file extension)",
+    )
+    command.add_argument(
+        "--tensor", metavar="NAME", help="tensor to read from a safetensors file or checkpoint"
+    )
+    command.add_argument("--vocab", metavar="FILE", help="words of a .npy/.safetensors matrix, one per line")
+
+
+def _read_input(source: str, args: argparse.Namespace, limit: int | None) -> EmbeddingSource:
+    return read_embeddings(
+        source, limit=limit, format=args.format, tensor=args.tensor, vocab=args.vocab, progress=True
+    )
+
+
+def _compress(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    checkpoint_dir = output / CHECKPOINT_DIR
+    settings = {
+        key: getattr(args, key)
+        for key in ("input", "limit", "format", "tensor", "num_codebooks", "codebook_size", "method", "seed")
+    }
+    bits_per_code(args.codebook_size)
+    if args.num_codebooks < 1:
+        raise ValueError(f"-M must be a positive number of codebooks, got {args.num_codebooks}.")
+    _check_output(output, checkpoint_dir, settings, resume=args.resume, overwrite=args.overwrite)
+    source = _read_input(args.input, args, args.limit)
+    words = source.words
+    if words is not None:
+        try:
+            check_words(words)
+        except ValueError as error:
+            logger.warning("Not writing vocab.txt: %s", error)
+            words = None
+    rows, dim = source.shape
+    print(
+        f"Compressing {source.origin}: {rows} rows x {dim} dims, M={args.num_codebooks}, K={args.codebook_size}"
+    )
+    write_file_atomic(checkpoint_dir / RUN_FILE, json.dumps(settings, indent=2).encode())
+    start = time.perf_counter()
+    try:
+        module = learning.compress(
+            source.matrix,
+            args.num_codebooks,
+            args.codebook_size,
+            method=args.method,
+            device=args.device,
+            seed=args.seed,
+            padding_idx=args.padding_idx,
+            time_budget=args.time_budget,
+            max_iterations=args.max_iterations,
+            checkpoint_dir=checkpoint_dir,
+            progress=True,
+        )
+    except KeyboardInterrupt:
+        if _discard_empty_run(checkpoint_dir):
+            print("\nInterrupted before the first checkpoint; nothing to resume.", file=sys.stderr)
+        else:
+            print(
+                f"\nInterrupted. The run's checkpoint is in {checkpoint_dir}: rerun the same command with "
+                "--resume to continue.",
+                file=sys.stderr,
+            )
+        return EXIT_INTERRUPTED
+    except BaseException:
+        _discard_empty_run(checkpoint_dir)
+        raise
+    elapsed = time.perf_counter() - start
+    module.save_pretrained(output)
+    if words is not None:
+        save_vocab(output, words)
+    else:
+        (output / VOCAB_FILE).unlink(missing_ok=True)
+    shutil.rmtree(checkpoint_dir)
+    print(
+        f"Learned in {elapsed:.1f} s; saved to {output}" + (" (with vocab.txt)" if words is not None else "")
+    )
+    print(reconstruction_report(source.matrix, module))
+    return 0
+
+
+def _discard_empty_run(checkpoint_dir: Path) -> bool:
+    """Remove a checkpoint directory that holds only run.json (no learning state yet); True if removed."""
+    if [path.name for path in checkpoint_dir.iterdir()] != [RUN_FILE]:
+        return False
+    shutil.rmtree(checkpoint_dir)
+    return True
+
+
+def _check_output(
+    output: Path, checkpoint_dir: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool
+) -> None:
+    """Refuse to silently restart or clobber: an unfinished run needs --resume, a finished artifact --overwrite."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output} exists and is not a directory; choose another -o.")
+    run_file = checkpoint_dir / RUN_FILE
+    if checkpoint_dir.exists():
+        if not resume:
+            raise ValueError(
+                f"{checkpoint_dir} holds an unfinished run; pass --resume to continue it, or delete that "
+                "directory to start over."
+            )
+        if run_file.is_file():
+            previous = json.loads(run_file.read_text())
+            changed = [
+                f"{key}: {previous.get(key)!r} -> {value!r}"
+                for key, value in settings.items()
+                if previous.get(key) != value
+            ]
+            if changed:
+                raise ValueError(
+                    f"--resume with different settings than the interrupted run in {checkpoint_dir} "
+                    f"({'; '.join(changed)}); rerun with the original settings or delete that directory."
+                )
+        print(f"Resuming the run in {checkpoint_dir}")
+        return
+    if resume:
+        logger.warning("No checkpoint in %s; starting a new run.", checkpoint_dir)
+    if (output / ARTIFACT_CONFIG).exists() and not overwrite:
+        raise ValueError(
+            f"{output} already holds an artifact; pass --overwrite to replace it or choose another -o."
+        )
+
+
+def _load_artifact(directory: str) -> CompressedEmbedding:
+    path = Path(directory)
+    if not (path / ARTIFACT_CONFIG).is_file():
+        raise FileNotFoundError(
+            f"{path} is not an artifact directory (no {ARTIFACT_CONFIG}); see `dccl-hf compress`."
+        )
+    return CompressedEmbedding.from_pretrained(path)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    module = _load_artifact(args.artifact)
+    rows = module.num_embeddings
+    if args.limit is not None and args.limit > rows:
+        raise ValueError(f"--limit {args.limit} exceeds the {rows} rows of the artifact {args.artifact}.")
+    limit = args.limit or rows
+    source = _read_input(args.original, args, limit)
+    if source.shape != (limit, module.embedding_dim):
+        raise ValueError(
+            f"{source.origin} gives {source.shape[0]} rows x {source.shape[1]} dims but the artifact needs "
+            f"{limit} x {module.embedding_dim}; is it the matrix the artifact was compressed from?"
+        )
+    vocabulary = load_vocab(args.artifact)
+    if vocabulary is not None and source.words is not None:
+        for row, (saved, original) in enumerate(zip(vocabulary, source.words, strict=False)):
+            if saved != original:
+                raise ValueError(
+                    f"row {row}: the artifact's vocab.txt has {saved!r} but {source.origin} has {original!r}; "
+                    "is it the matrix the artifact was compressed from?"
+                )
+    if limit < rows:
+        padding = (
+            module.padding_idx if module.padding_idx is not None and module.padding_idx < limit else None
+        )
+        module = CompressedEmbedding.from_codes(
+            module.codes[:limit], module.codebook.detach(), padding_idx=padding
+        )
+    print(f"{args.artifact} vs {source.origin} ({limit} rows):")
+    print(reconstruction_report(source.matrix, module))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    module = _load_artifact(args.artifact)
+    words = None if args.no_words else load_vocab(args.artifact)
+    codes_path, codebook_path = save_reference(module, args.prefix, words=words)
+    print(f"Wrote {codes_path} ({'with' if words is not None else 'without'} words) and {codebook_path}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    if (output / ARTIFACT_CONFIG).exists() and not args.overwrite:
+        raise ValueError(
+            f"{output} already holds an artifact; pass --overwrite to replace it or choose another -o."
+        )
+    module, words = load_reference(
+        args.prefix, codebook_size=args.codebook_size, padding_idx=args.padding_idx
+    )
+    module.save_pretrained(output)
+    if words is not None:
+        save_vocab(output, words)
+    else:
+        (output / VOCAB_FILE).unlink(missing_ok=True)
+    print(
+        f"Wrote {output}: {module.num_embeddings} rows x {module.embedding_dim} dims, M={module.num_codebooks}, "
+        f"K={module.codebook_size}" + (", with vocab.txt" if words is not None else "")
+    )
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    _load_artifact(args.artifact)
+    api = huggingface_hub.HfApi(token=args.token)
+    repo = api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo.repo_id,
+        folder_path=args.artifact,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        ignore_patterns=[f"{CHECKPOINT_DIR}/*", ".*"],
+    )
+    print(f"Pushed {args.artifact} to {repo}: {commit.commit_url}")
+    return 0

@@ -1,0 +1,396 @@
+"""Swapping a transformers model's input embeddings (and a tied LM head) for compositional codes.
+
+`resize_with_codes` is the user entry point (also `PreTrainedModel.resize_with_codes` after `import dccl_hf`);
+`compress_modules` / `decompress_modules` are the module surgery it shares with the `from_pretrained` quantizer
+and `model.dequantize()`. Modules are always found through `get_input_embeddings` / `get_output_embeddings`
+and addressed by their names in `named_modules()`, never by a hard-coded attribute path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from torch import nn
+from transformers import PreTrainedModel
+
+from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.integration.config import QUANT_METHOD, DcclConfig
+from dccl_hf.integration.layer import CompressedLMHead
+from dccl_hf.learning import compress
+from dccl_hf.learning.additive import beam_search
+from dccl_hf.metrics import reconstruction_report
+
+logger = logging.getLogger(__name__)
+
+#: Beam width used to encode the mean embedding for rows added by `new_num_tokens`.
+MEAN_ROW_BEAM = 16
+
+#: Reconstruction figures kept in the quantization config (and shown on the model card).
+METRIC_KEYS = ("mean_euclidean_distance", "max_distance", "relative_squared_error", "mean_cosine_similarity")
+
+
+def resize_with_codes(
+    model: PreTrainedModel,
+    num_codebooks: int | CompressedEmbedding | None = None,
+    codebook_size: int | None = None,
+    *,
+    new_num_tokens: int | None = None,
+    **compress_options: Any,
+) -> CompressedEmbedding:
+    """Replace `model`'s input embeddings by a `CompressedEmbedding` and return it.
+
+    - ``resize_with_codes(model, M, K, **compress_options)`` learns codes from the model's own embedding matrix
+      with `dccl_hf.compress` (options such as ``weights``, ``seed``, ``time_budget`` go to it);
+    - ``resize_with_codes(model, compressed)`` swaps in a `CompressedEmbedding` learned earlier, whose
+      (num_embeddings, embedding_dim) must match the model's embeddings;
+    - ``resize_with_codes(model, new_num_tokens=N)`` resizes an already compressed model.
+
+    With `new_num_tokens` the vocabulary is resized in the same call: rows are dropped from the end or added
+    with the codes of the mean embedding. A head tied to the input embeddings becomes a `CompressedLMHead`
+    sharing the same codes and codebook; an untied head stays dense (and is resized like
+    `resize_token_embeddings` does). The model's config gains a `DcclConfig` quantization config, so
+    `save_pretrained` / `from_pretrained` (after ``import dccl_hf``) round-trip it.
+    """
+    current = model.get_input_embeddings()
+    if current is None:
+        raise ValueError(f"{type(model).__name__} has no input embeddings (get_input_embeddings() is None).")
+    dense = None if isinstance(current, CompressedEmbedding) else _dense_weight(current)
+    if isinstance(num_codebooks, CompressedEmbedding):
+        if codebook_size is not None or compress_options:
+            raise TypeError(
+                "Pass either a CompressedEmbedding or num_codebooks/codebook_size with compress options, not both."
+            )
+        compressed = _check_matches(num_codebooks, current)
+    elif num_codebooks is None and codebook_size is None:
+        if dense is not None:
+            raise ValueError(
+                "The model's input embeddings are not compressed yet: pass num_codebooks and codebook_size "
+                "(e.g. model.resize_with_codes(32, 16)) or a CompressedEmbedding."
+            )
+        if compress_options:
+            raise TypeError(f"Options {sorted(compress_options)} only apply when learning new codes.")
+        if new_num_tokens is None:
+            return current
+        compressed = current
+    else:
+        if num_codebooks is None or codebook_size is None:
+            raise TypeError(
+                "Pass both num_codebooks and codebook_size, e.g. model.resize_with_codes(32, 16)."
+            )
+        if dense is None:
+            raise ValueError(
+                "The model's input embeddings are already compressed; call model.dequantize() first to learn "
+                "new codes, or pass only new_num_tokens to resize them."
+            )
+        compressed = learn_codes(
+            dense,
+            num_codebooks,
+            codebook_size,
+            padding_idx=getattr(current, "padding_idx", None),
+            **compress_options,
+        )
+    if dense is not None:
+        compressed = compressed.to(device=dense.device, dtype=dense.dtype)
+        compressed.codebook.requires_grad_(current.weight.requires_grad)
+        metrics = reconstruction_metrics(dense, compressed)
+    else:
+        metrics = None
+    if new_num_tokens is not None:
+        mean_row = dense.mean(0) if dense is not None else _mean_row(compressed)
+        compressed = resize_compressed(compressed, new_num_tokens, mean_row)
+    config = compress_modules(model, compressed)
+    if metrics is not None:
+        config.reconstruction = metrics
+    return compressed
+
+
+def learn_codes(
+    matrix: torch.Tensor,
+    num_codebooks: int,
+    codebook_size: int,
+    *,
+    padding_idx: int | None = None,
+    **compress_options: Any,
+) -> CompressedEmbedding:
+    """Learn codes for a dense embedding matrix with `dccl_hf.compress`."""
+    compress_options.setdefault("padding_idx", padding_idx)
+    return compress(matrix.detach(), num_codebooks, codebook_size, **compress_options)
+
+
+def compress_modules(model: PreTrainedModel, compressed: CompressedEmbedding) -> DcclConfig:
+    """Install `compressed` as the input embeddings, tie the head if it was tied, and mark the model quantized."""
+    head = model.get_output_embeddings()
+    embedding_name, head_name = _install_input_embeddings(model, compressed)
+    if head is not None and head_name is None and _dense_weight(head).shape[0] != compressed.num_embeddings:
+        _resize_dense_head(model, head, compressed.num_embeddings)
+    model.config.get_text_config().vocab_size = compressed.num_embeddings
+    previous = getattr(model.config, "quantization_config", None)
+    config = DcclConfig(
+        num_codebooks=compressed.num_codebooks,
+        codebook_size=compressed.codebook_size,
+        modules=[embedding_name],
+        tied_heads={head_name: embedding_name} if head_name else {},
+        base_model=_base_model(model, previous),
+        reconstruction=getattr(previous, "reconstruction", None),
+    )
+    _attach_quantizer(model, config)
+    return config
+
+
+def build_compressed_modules(model: PreTrainedModel, config: DcclConfig) -> None:
+    """Replace the input embeddings by an empty compressed module for `from_pretrained` to fill.
+
+    The model may be another class than the one saved (e.g. `AutoModel` on a causal-LM checkpoint), so module
+    names are matched with or without the base-model prefix, a head is compressed when *this* model ties it,
+    and `config` is updated to this model's names.
+    """
+    names = _module_names(model)
+    current = model.get_input_embeddings()
+    current_name = names[id(current)]
+    prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
+    aliases = {current_name, current_name.removeprefix(prefix), prefix + current_name}
+    if len(config.modules) != 1 or config.modules[0] not in aliases:
+        raise ValueError(
+            f"This checkpoint compresses {config.modules}, but dccl_hf only rebuilds the input embeddings "
+            f"({current_name} in {type(model).__name__}); load it with the model class it was saved from."
+        )
+    dense = _dense_weight(current)
+    compressed = CompressedEmbedding(
+        dense.shape[0],
+        dense.shape[1],
+        config.num_codebooks,
+        config.codebook_size,
+        padding_idx=getattr(current, "padding_idx", None),
+        dtype=dense.dtype,
+        device=dense.device,
+    )
+    embedding_name, head_name = _install_input_embeddings(model, compressed)
+    config.modules = [embedding_name]
+    config.tied_heads = {head_name: embedding_name} if head_name else {}
+    config.shared_head = bool(head_name)
+
+
+def _install_input_embeddings(
+    model: PreTrainedModel, compressed: CompressedEmbedding
+) -> tuple[str, str | None]:
+    """Set `compressed` as input embeddings and, if the head is tied to them, a `CompressedLMHead` on it.
+
+    Returns the names of the embedding module and of the tied head (None when the head is untied or absent).
+    """
+    current = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    names = _module_names(model)
+    embedding_name = names[id(current)]
+    head_name = names[id(head)] if head is not None and _is_tied(model, head, current, names) else None
+    tied_keys = _tied_keys_without(model, embedding_name, head_name)
+    model.set_input_embeddings(compressed)
+    if head_name is not None:
+        model.set_output_embeddings(CompressedLMHead(compressed, bias=_head_bias(head, compressed)))
+    _set_tied_keys(model, tied_keys)
+    return embedding_name, head_name
+
+
+def decompress_modules(model: PreTrainedModel, config: DcclConfig, dtype: torch.dtype | None = None) -> None:
+    """Turn the compressed modules back into dense `nn.Embedding` / tied `nn.Linear` ones."""
+    for name in config.modules:
+        compressed = model.get_submodule(name)
+        dense = compressed.to_embedding()
+        if dtype is not None:
+            dense = dense.to(dtype)
+        dense.weight.requires_grad_(compressed.codebook.requires_grad)
+        _replace(model, name, compressed, dense)
+        for head_name, source in config.tied_heads.items():
+            if source != name:
+                continue
+            head = model.get_submodule(head_name)
+            linear = nn.Linear(
+                dense.embedding_dim,
+                dense.num_embeddings,
+                bias=head.bias is not None,
+                device=dense.weight.device,
+                dtype=dense.weight.dtype,
+            )
+            linear.weight = dense.weight
+            if head.bias is not None:
+                linear.bias = head.bias
+            _replace(model, head_name, head, linear)
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.__dict__.pop("_tied_weights_keys", None)
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.all_tied_weights_keys = module.get_expanded_tied_weights_keys(all_submodels=True)
+    model.tie_weights()
+
+
+def resize_compressed(
+    compressed: CompressedEmbedding, new_num_tokens: int, mean_row: torch.Tensor
+) -> CompressedEmbedding:
+    """Drop rows from the end, or add rows whose codes encode `mean_row`; the codebook is kept."""
+    if isinstance(new_num_tokens, bool) or not isinstance(new_num_tokens, int) or new_num_tokens < 1:
+        raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}.")
+    codes = compressed.codes
+    if new_num_tokens > compressed.num_embeddings:
+        codebook = compressed.codebook.detach().float()
+        mean_codes = beam_search(mean_row.to(codebook)[None], codebook, MEAN_ROW_BEAM)
+        codes = torch.cat([codes, mean_codes.expand(new_num_tokens - compressed.num_embeddings, -1)])
+    padding_idx = compressed.padding_idx
+    if padding_idx is not None and padding_idx >= new_num_tokens:
+        padding_idx = None
+    resized = CompressedEmbedding.from_codes(
+        codes[:new_num_tokens], compressed.codebook.detach(), padding_idx
+    )
+    resized.codebook.requires_grad_(compressed.codebook.requires_grad)
+    return resized
+
+
+def reconstruction_metrics(dense: torch.Tensor, compressed: CompressedEmbedding) -> dict[str, float]:
+    """The finite distance and similarity figures of `dccl_hf.metrics.reconstruction_report`, for the config."""
+    report = reconstruction_report(dense.detach(), compressed).to_dict()
+    return {key: float(report[key]) for key in METRIC_KEYS if math.isfinite(report[key])}
+
+
+def is_compressed(model: nn.Module) -> bool:
+    """Whether `model` carries dccl compression (a `DcclConfig` quantization config)."""
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    return isinstance(config, DcclConfig)
+
+
+def _is_tied(model: PreTrainedModel, head: nn.Module, embedding: nn.Module, names: dict[int, str]) -> bool:
+    """Whether `head` shares `embedding`'s table: already compressed, the same weight, or tied by the model's
+    mapping (inside `from_pretrained` the weights are tied only after loading)."""
+    if isinstance(head, CompressedLMHead):
+        return True
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight is getattr(embedding, "weight", None):
+        return True
+    pair = {f"{names[id(head)]}.weight", f"{names[id(embedding)]}.weight"}
+    return any({target, source} == pair for target, source in model.all_tied_weights_keys.items())
+
+
+def _attach_quantizer(model: PreTrainedModel, config: DcclConfig) -> None:
+    """Give a model compressed in memory what `from_pretrained` gives a loaded one (dequantize, Trainer, save)."""
+    from dccl_hf.integration.quantizer import DcclHfQuantizer
+
+    model.config.quantization_config = config
+    model.hf_quantizer = DcclHfQuantizer(config, pre_quantized=True)
+    model.is_quantized = True
+    model.quantization_method = QUANT_METHOD
+
+
+def _dense_weight(module: nn.Module) -> torch.Tensor:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise TypeError(
+            f"Expected a dense embedding with a 2-D weight (e.g. nn.Embedding), got {type(module).__name__}."
+        )
+    return weight
+
+
+def _check_matches(compressed: CompressedEmbedding, current: nn.Module) -> CompressedEmbedding:
+    shape = (
+        (current.num_embeddings, current.embedding_dim)
+        if isinstance(current, CompressedEmbedding)
+        else tuple(_dense_weight(current).shape)
+    )
+    if (compressed.num_embeddings, compressed.embedding_dim) != shape:
+        raise ValueError(
+            f"The CompressedEmbedding has shape ({compressed.num_embeddings}, {compressed.embedding_dim}) but the "
+            f"model's input embeddings have shape {shape}; compress the model's own embedding matrix "
+            "(model.get_input_embeddings().weight) or resize the model first."
+        )
+    return compressed
+
+
+def _mean_row(compressed: CompressedEmbedding) -> torch.Tensor:
+    """Mean of the decoded rows, from codeword counts: Σ_m Σ_k (count_mk / V) A_mk, without decoding V rows."""
+    offsets = (
+        torch.arange(compressed.num_codebooks, device=compressed.packed_codes.device)
+        * compressed.codebook_size
+    )
+    flat = (compressed.codes + offsets).reshape(-1)
+    counts = torch.bincount(flat, minlength=compressed.num_codebooks * compressed.codebook_size)
+    codebook = compressed.codebook.detach().reshape(-1, compressed.embedding_dim)
+    return (counts.to(codebook) @ codebook) / compressed.num_embeddings
+
+
+def _module_names(model: nn.Module) -> dict[int, str]:
+    return {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
+
+
+def _replace(model: PreTrainedModel, name: str, old: nn.Module, new: nn.Module) -> None:
+    """Install `new` where `old` is, through the model's embedding setters when `old` is one of those."""
+    if model.get_input_embeddings() is old:
+        model.set_input_embeddings(new)
+    elif model.get_output_embeddings() is old:
+        model.set_output_embeddings(new)
+    else:
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, new)
+
+
+def _head_bias(head: nn.Module, compressed: CompressedEmbedding) -> nn.Parameter | None:
+    bias = getattr(head, "bias", None)
+    if bias is None or bias.shape[0] == compressed.num_embeddings:
+        return bias
+    resized = torch.zeros(compressed.num_embeddings, dtype=bias.dtype, device=bias.device)
+    keep = min(bias.shape[0], compressed.num_embeddings)
+    resized[:keep] = bias.detach()[:keep]
+    return nn.Parameter(resized, requires_grad=bias.requires_grad)
+
+
+def _resize_dense_head(model: PreTrainedModel, head: nn.Module, new_num_tokens: int) -> None:
+    """Resize an untied dense head the way `resize_token_embeddings` does."""
+    new_head = model._get_resized_lm_head(head, new_num_tokens, mean_resizing=True)
+    new_head.requires_grad_(head.weight.requires_grad)
+    model.set_output_embeddings(new_head)
+
+
+def _tied_keys_without(
+    model: PreTrainedModel, embedding_name: str, head_name: str | None
+) -> list[tuple[PreTrainedModel, dict[str, str], dict[str, str]]]:
+    """Each sub-model's tied-weight mappings with the head-weight ↔ embedding-weight pair left out.
+
+    Computed before the swap (expanding a mapping looks the dense weights up) and applied after it.
+    """
+    removed = {f"{embedding_name}.weight"} | ({f"{head_name}.weight"} if head_name else set())
+    result = []
+    for prefix, module in model.named_modules():
+        if not isinstance(module, PreTrainedModel):
+            continue
+        full = f"{prefix}." if prefix else ""
+
+        def keep(item: tuple[str, str], full: str = full) -> bool:
+            return not ({full + item[0], full + item[1]} & removed)
+
+        own = dict(filter(keep, module.get_expanded_tied_weights_keys(all_submodels=False).items()))
+        merged = dict(filter(keep, getattr(module, "all_tied_weights_keys", {}).items()))
+        result.append((module, own, merged))
+    return result
+
+
+def _set_tied_keys(
+    model: PreTrainedModel, tied_keys: list[tuple[PreTrainedModel, dict[str, str], dict[str, str]]]
+) -> None:
+    for module, own, merged in tied_keys:
+        module._tied_weights_keys = own
+        module.all_tied_weights_keys = merged
+
+
+def _base_model(model: PreTrainedModel, previous: object) -> str | None:
+    """The Hub repo the model came from, if its `name_or_path` is a repo id rather than a local directory."""
+    if isinstance(previous, DcclConfig) and previous.base_model:
+        return previous.base_model
+    name = getattr(model.config, "_name_or_path", "") or ""
+    if not name or os.path.exists(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name

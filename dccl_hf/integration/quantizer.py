@@ -1,0 +1,117 @@
+"""`DcclHfQuantizer`: lets plain `AutoModel*.from_pretrained` load a dccl-compressed checkpoint.
+
+transformers builds the dense model on the meta device, then calls `_process_model_before_weight_loading`;
+there the modules named by the checkpoint's `DcclConfig` are swapped for empty compressed ones, so the
+checkpoint's packed codes and codebooks load straight into them. `register()` makes ``quant_method: "dccl"``
+known to transformers and adds `resize_with_codes` to every `PreTrainedModel`; ``import dccl_hf`` calls it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+from transformers.quantizers import HfQuantizer
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+    register_quantization_config,
+    register_quantizer,
+)
+
+from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.integration.config import QUANT_METHOD, DcclConfig
+from dccl_hf.integration.guard import guard_key_patterns, guard_tensors
+from dccl_hf.integration.model import (
+    build_compressed_modules,
+    decompress_modules,
+    resize_with_codes,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class DcclHfQuantizer(HfQuantizer):
+    """Rebuilds compressed embeddings (and tied compressed heads) before a dccl checkpoint's weights load."""
+
+    def __init__(self, quantization_config: DcclConfig, **kwargs: Any) -> None:
+        if not kwargs.get("pre_quantized", True):
+            raise ValueError(
+                "quant_method='dccl' loads checkpoints that are already compressed. To compress a dense model, "
+                "load it normally, then call model.resize_with_codes(num_codebooks, codebook_size)."
+            )
+        super().__init__(quantization_config, **kwargs)
+
+    def _process_model_before_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> PreTrainedModel:
+        build_compressed_modules(model, self.quantization_config)
+        ignored = set(model._keys_to_ignore_on_load_unexpected or ())
+        model._keys_to_ignore_on_load_unexpected = ignored | guard_key_patterns(model, self.quantization_config)
+        return model
+
+    def _process_model_after_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> PreTrainedModel:
+        return model
+
+    def _dequantize(self, model: PreTrainedModel, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        decompress_modules(model, self.quantization_config, dtype)
+        return model
+
+    def get_state_dict_and_metadata(self, model: PreTrainedModel) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The state dict `save_pretrained` (and so `push_to_hub`) writes: the model's, plus the load guards."""
+        return {**model.state_dict(), **guard_tensors(model, self.quantization_config)}, {}
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_qat_trainable(self) -> bool:
+        """The codebooks are ordinary parameters, so `Trainer` may fine-tune the model without adapters."""
+        return True
+
+
+def register() -> None:
+    """Make ``quant_method: "dccl"`` loadable and add `resize_with_codes` to `PreTrainedModel`; idempotent."""
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(DcclConfig)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(DcclHfQuantizer)
+    PreTrainedModel.resize_with_codes = resize_with_codes
+    if not hasattr(PreTrainedModel.resize_token_embeddings, "__dccl_original__"):
+        PreTrainedModel.resize_token_embeddings = _resize_token_embeddings(
+            PreTrainedModel.resize_token_embeddings
+        )
+    from dccl_hf.integration.card import patch_push_to_hub
+
+    patch_push_to_hub()
+
+
+def _resize_token_embeddings(original: Any) -> Any:
+    """Wrap `resize_token_embeddings` so that it also resizes compressed embeddings (by codes)."""
+
+    @functools.wraps(original)
+    def resize_token_embeddings(
+        self: PreTrainedModel,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> Any:
+        embeddings = self.get_input_embeddings()
+        if not isinstance(embeddings, CompressedEmbedding):
+            return original(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embeddings
+        target = embeddings.num_embeddings if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of is not None:
+            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+        return resize_with_codes(self, new_num_tokens=target)
+
+    resize_token_embeddings.__dccl_original__ = original
+    return resize_token_embeddings

@@ -1,0 +1,600 @@
+"""Additive quantization: the default learner, codes and codebooks for ê_i = Σ_m A_m[c_im].
+
+The algorithm alternates two steps that each never increase the objective, the weighted mean euclidean
+distance Σ u_i ||e_i − ê_i|| / Σ u_i (u = user row weights):
+
+1. **Codebook refit.** Given the codes, all M codebooks are solved for jointly by least squares, an
+   (M·K)×(M·K) linear system built from summed per-row sufficient statistics. The row weights are
+   u_i / ||r_i|| (iteratively reweighted least squares), which minimises the sum of distances rather than the
+   sum of squared distances.
+2. **Code re-assignment.** Each row is re-encoded by beam search over the codebooks (as faiss's residual
+   quantizer does, here with the jointly refit codebooks) and polished by iterated conditional modes (ICM);
+   its current codes are polished by ICM too, and by ICM after random perturbation (the local search of
+   LSQ++). Each row keeps whichever candidate reconstructs it best.
+
+The codebooks start from residual quantization trained along a beam search (like faiss's
+ResidualQuantizer). Code assignment is per row and the refit only needs `sufficient_statistics` summed over
+rows, so the loop can run data-parallel: `_reduce` is the one place where an all_reduce would go.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from dccl_hf.learning.checkpoint import Checkpointer
+
+logger = logging.getLogger(__name__)
+
+#: Upper bound on the number of float elements of one chunk's work tensors, which bounds peak memory.
+CHUNK_ELEMENTS = 1 << 23
+#: Residuals each initial k-means trains on (at least 256 per centroid); more points give better codebooks.
+KMEANS_POINTS = 1 << 16
+
+
+@dataclass
+class _State:
+    """Everything an interrupted run needs to resume exactly."""
+
+    codes: torch.Tensor
+    codebook: torch.Tensor
+    iteration: int
+    best: float
+    stalled: int
+    elapsed: float
+
+
+def fit_additive(
+    matrix: torch.Tensor,
+    num_codebooks: int,
+    codebook_size: int,
+    *,
+    weights: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    checkpointer: Checkpointer | None = None,
+    progress: bool = True,
+    time_budget: float | None = None,
+    max_iterations: int | None = None,
+    beam_size: int | None = None,
+    init_beam_size: int | None = None,
+    icm_sweeps: int = 2,
+    perturbations: int = 2,
+    local_search: int = 1,
+    kmeans_iterations: int = 25,
+    tolerance: float = 3e-3,
+    patience: int = 1,
+    ridge: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learn codes (N, M) int64 and a codebook (M, K, D) that rebuild `matrix` as Σ_m codebook[m, codes[:, m]].
+
+    `weights` (N,) ≥ 0 are row importances: rows with larger weight are reconstructed better; rows of
+    weight 0 still get their best codes. The run stops after `max_iterations` refit/re-encode rounds
+    (default 100), once the weighted mean distance improves by less than `tolerance` (relative) for
+    `patience` rounds in a row, or before a round would exceed `time_budget` seconds (the initialisation
+    always runs). `beam_size` is the beam width of the re-encoding (default: about 1024 candidates per step,
+    at most 64), `init_beam_size` that of the initialisation (default `beam_size` // 4: wide beams pay off
+    most once the codebooks are refit), `icm_sweeps` the ICM passes after each encoding, `local_search` the
+    number of perturb-and-ICM attempts per round, each changing `perturbations` random codes per row. With a
+    `checkpointer` the state is saved after every round, and a rerun resumes from it and reaches the same
+    result.
+    """
+    beam_size = max(2, min(64, 1024 // codebook_size)) if beam_size is None else beam_size
+    init_beam_size = max(1, beam_size // 4) if init_beam_size is None else init_beam_size
+    _validate(matrix, num_codebooks, codebook_size, min(beam_size, init_beam_size))
+    row_weights = _normalise_weights(weights, matrix)
+    if generator is None:
+        generator = torch.Generator(device=matrix.device).manual_seed(0)
+    max_iterations = 100 if max_iterations is None else max_iterations
+    start = time.monotonic()
+    state = _resume(checkpointer, matrix, num_codebooks, codebook_size, generator)
+    if state is None:
+        logger.info(
+            "Additive quantization of %d×%d rows into M=%d codes of K=%d: residual init with beam %d",
+            matrix.shape[0],
+            matrix.shape[1],
+            num_codebooks,
+            codebook_size,
+            init_beam_size,
+        )
+        codebook, codes = residual_beam_init(
+            matrix,
+            num_codebooks,
+            codebook_size,
+            row_weights,
+            generator,
+            kmeans_iterations,
+            init_beam_size,
+        )
+        distances = row_distances(matrix, codes, codebook)
+        state = _State(
+            codes,
+            codebook,
+            0,
+            _objective(distances, row_weights),
+            0,
+            time.monotonic() - start,
+        )
+        _save(checkpointer, state, generator)
+        logger.info("Initial weighted mean distance %.6f (%.1f s)", state.best, state.elapsed)
+    round_time = 0.0 if time_budget is None else _round_time(matrix, state.codebook, beam_size, icm_sweeps)
+    offset = state.elapsed - (time.monotonic() - start)
+    bar = tqdm(
+        total=max_iterations,
+        initial=state.iteration,
+        disable=not progress,
+        desc="additive",
+        unit="round",
+    )
+    bar.set_postfix(distance=f"{state.best:.5f}")
+    while state.iteration < max_iterations and state.stalled < patience:
+        elapsed = time.monotonic() - start + offset
+        if time_budget is not None and elapsed + round_time > time_budget:
+            logger.info(
+                "Stopping: another round would exceed the time budget of %.1f s",
+                time_budget,
+            )
+            break
+        round_start = time.monotonic()
+        state.codebook, state.codes, objective = _round(
+            matrix,
+            state,
+            row_weights,
+            generator,
+            beam_size,
+            icm_sweeps,
+            perturbations,
+            local_search,
+            ridge,
+        )
+        state.iteration += 1
+        state.stalled = 0 if objective < state.best * (1.0 - tolerance) else state.stalled + 1
+        state.best = min(state.best, objective)
+        round_time = time.monotonic() - round_start
+        state.elapsed = time.monotonic() - start + offset
+        _save(checkpointer, state, generator)
+        bar.update(1)
+        bar.set_postfix(distance=f"{objective:.5f}")
+        logger.info(
+            "Round %d: weighted mean distance %.6f (%.1f s)",
+            state.iteration,
+            objective,
+            round_time,
+        )
+    bar.close()
+    logger.info(
+        "Finished after %d rounds: weighted mean distance %.6f",
+        state.iteration,
+        state.best,
+    )
+    return state.codes, state.codebook
+
+
+def _round(
+    matrix: torch.Tensor,
+    state: _State,
+    row_weights: torch.Tensor,
+    generator: torch.Generator,
+    beam_size: int,
+    icm_sweeps: int,
+    perturbations: int,
+    local_search: int,
+    ridge: float,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One refit + re-encode round; returns the new codebook, codes and weighted mean distance."""
+    codes = state.codes
+    distances = row_distances(matrix, codes, state.codebook)
+    irls = row_weights / distances.clamp_min(_distance_floor(distances, row_weights))
+    gram, cross = sufficient_statistics(matrix, codes, irls, state.codebook.shape[1])
+    codebook = solve_codebook(gram, cross, state.codebook, ridge)
+    codes = icm(matrix, codes, codebook, icm_sweeps)
+    distances = row_distances(matrix, codes, codebook)
+    candidate = icm(matrix, beam_search(matrix, codebook, beam_size), codebook, icm_sweeps)
+    codes, distances = _keep_better(matrix, codebook, codes, distances, candidate)
+    for _ in range(local_search):
+        candidate = perturb(codes, codebook.shape[1], perturbations, generator)
+        candidate = icm(matrix, candidate, codebook, icm_sweeps)
+        codes, distances = _keep_better(matrix, codebook, codes, distances, candidate)
+    return codebook, codes, _objective(distances, row_weights)
+
+
+def _round_time(matrix: torch.Tensor, codebook: torch.Tensor, beam_size: int, icm_sweeps: int) -> float:
+    """Seconds a round will take, extrapolated from re-encoding a small sample of rows (for time budgets)."""
+    probe = min(matrix.shape[0], 1024)
+    start = time.monotonic()
+    icm(
+        matrix[:probe],
+        beam_search(matrix[:probe], codebook, beam_size),
+        codebook,
+        2 * icm_sweeps,
+    )
+    return 1.3 * (time.monotonic() - start) * matrix.shape[0] / probe
+
+
+def _keep_better(
+    matrix: torch.Tensor,
+    codebook: torch.Tensor,
+    codes: torch.Tensor,
+    distances: torch.Tensor,
+    candidate: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the codes (and distances) of whichever of `codes` and `candidate` reconstructs it better."""
+    candidate_distances = row_distances(matrix, candidate, codebook)
+    better = candidate_distances < distances
+    return torch.where(better[:, None], candidate, codes), torch.where(better, candidate_distances, distances)
+
+
+def _objective(distances: torch.Tensor, row_weights: torch.Tensor) -> float:
+    """Weighted mean euclidean distance, the quantity the algorithm minimises."""
+    return float((distances.double() * row_weights).sum() / row_weights.sum())
+
+
+def _distance_floor(distances: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
+    """Smallest distance used in the IRLS weights, so that exactly reconstructed rows do not dominate."""
+    return (1e-2 * (distances * row_weights).sum() / row_weights.sum()).clamp_min(1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building blocks: decoding, k-means, beam search, ICM, perturbation, least-squares refit.
+
+
+def _chunk_size(elements_per_row: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(1, elements_per_row))
+
+
+def decode(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Σ_m codebook[m, codes[:, m]] for a chunk of rows: (n, M) codes → (n, D)."""
+    num_codebooks, codebook_size, _ = codebook.shape
+    offsets = torch.arange(num_codebooks, device=codes.device) * codebook_size
+    return codebook.reshape(num_codebooks * codebook_size, -1)[codes + offsets].sum(dim=1)
+
+
+def row_distances(matrix: torch.Tensor, codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """||e_i − ê_i||₂ for every row, computed in row chunks."""
+    size = _chunk_size(codebook.shape[0] * matrix.shape[1])
+    parts = [
+        torch.linalg.vector_norm(matrix[i : i + size] - decode(codes[i : i + size], codebook), dim=1)
+        for i in range(0, matrix.shape[0], size)
+    ]
+    return torch.cat(parts)
+
+
+def kmeans(
+    points: torch.Tensor,
+    num_centroids: int,
+    weights: torch.Tensor,
+    generator: torch.Generator,
+    iterations: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted Lloyd k-means from k-means++ seeds; returns centroids (K, D) and assignments (n,).
+
+    With fewer distinct points than centroids the spare centroids duplicate points (harmless: the
+    assignment picks the first of equal centroids). Empty clusters keep their previous centroid.
+    """
+    centroids = _kmeanspp(points, num_centroids, weights, generator)
+    assignment = _assign(points, centroids)
+    for _ in range(iterations):
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, points * weights[:, None])
+        mass = torch.zeros(num_centroids, dtype=points.dtype, device=points.device).index_add_(
+            0, assignment, weights
+        )
+        filled = mass > 0
+        centroids = torch.where(filled[:, None], sums / mass.clamp_min(1e-30)[:, None], centroids)
+        new_assignment = _assign(points, centroids)
+        if torch.equal(new_assignment, assignment):
+            break
+        assignment = new_assignment
+    return centroids, assignment
+
+
+def _kmeanspp(
+    points: torch.Tensor,
+    num_centroids: int,
+    weights: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """k-means++ seeding on a random subsample of at most 64·K points (weighted by `weights`)."""
+    num_points = points.shape[0]
+    sample_size = min(num_points, 64 * num_centroids)
+    sample_weights = weights + 1e-12
+    sample = torch.multinomial(sample_weights, sample_size, replacement=False, generator=generator)
+    candidates, candidate_weights = points[sample], weights[sample] + 1e-12
+    chosen = torch.empty(num_centroids, dtype=torch.long, device=points.device)
+    first = torch.multinomial(candidate_weights, 1, generator=generator)
+    chosen[0] = first[0]
+    nearest = ((candidates - candidates[first]) ** 2).sum(dim=1)
+    for k in range(1, num_centroids):
+        mass = nearest * candidate_weights
+        # All remaining mass zero: every candidate coincides with a centroid, so any pick is as good.
+        probabilities = torch.where(mass.sum() > 0, mass, candidate_weights)
+        pick = torch.multinomial(probabilities, 1, generator=generator)
+        chosen[k] = pick[0]
+        nearest = torch.minimum(nearest, ((candidates - candidates[pick]) ** 2).sum(dim=1))
+    return candidates[chosen].clone()
+
+
+def _assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centroid of every point, in chunks."""
+    norms = (centroids**2).sum(dim=1)
+    size = _chunk_size(centroids.shape[0])
+    parts = [
+        (norms - 2.0 * points[i : i + size] @ centroids.T).argmin(dim=1)
+        for i in range(0, points.shape[0], size)
+    ]
+    return torch.cat(parts)
+
+
+def beam_search(matrix: torch.Tensor, codebook: torch.Tensor, beam_size: int) -> torch.Tensor:
+    """Codes for every row by beam search over the codebooks in order (residual order after training)."""
+    num_codebooks, codebook_size, dim = codebook.shape
+    norms = (codebook**2).sum(dim=2)
+    size = _chunk_size(beam_size * (codebook_size + dim + 2 * num_codebooks))
+    parts = []
+    for i in range(0, matrix.shape[0], size):
+        beam = _Beam.start(matrix[i : i + size])
+        for m in range(num_codebooks):
+            beam = beam.extend(codebook[m], norms[m], beam_size)
+        parts.append(beam.best_codes())
+    return torch.cat(parts)
+
+
+@dataclass
+class _Beam:
+    """The `width` best partial encodings of each of n rows: residuals (n, width, D) and squared distances
+    (n, width), plus per stage the codeword chosen and the entry of the previous stage it extends."""
+
+    residual: torch.Tensor
+    score: torch.Tensor
+    words: list[torch.Tensor]
+    parents: list[torch.Tensor]
+
+    @staticmethod
+    def start(rows: torch.Tensor) -> _Beam:
+        return _Beam(rows[:, None, :], (rows**2).sum(dim=1, keepdim=True), [], [])
+
+    def extend(self, words: torch.Tensor, norms: torch.Tensor, beam_size: int) -> _Beam:
+        """Extend every entry by every codeword of `words` (K, D) and keep the best `beam_size` per row.
+
+        Adding codeword k changes the squared distance by ||A_k||² − 2⟨r, A_k⟩, so one matrix product
+        scores all extensions.
+        """
+        n, width, dim = self.residual.shape
+        codebook_size = words.shape[0]
+        products = torch.addmm(norms, self.residual.reshape(n * width, dim), words.T, alpha=-2.0)
+        extended = products.reshape(n, width, codebook_size) + self.score[:, :, None]
+        top = extended.reshape(n, width * codebook_size).topk(
+            min(beam_size, width * codebook_size), dim=1, largest=False
+        )
+        parent, word = top.indices // codebook_size, top.indices % codebook_size
+        rows = torch.arange(n, device=parent.device)[:, None] * width
+        residual = self.residual.reshape(n * width, dim).index_select(0, (rows + parent).reshape(-1))
+        residual = residual.reshape(n, -1, dim) - words[word]
+        return _Beam(
+            residual,
+            top.values,
+            [*self.words, word.int()],
+            [*self.parents, parent.int()],
+        )
+
+    def best_codes(self) -> torch.Tensor:
+        """The codes (n, stages) of each row's best entry, traced back through the parents."""
+        n = self.score.shape[0]
+        entry = self.score.argmin(dim=1, keepdim=True)
+        codes = torch.empty(n, len(self.words), dtype=torch.long, device=self.score.device)
+        for m in range(len(self.words) - 1, -1, -1):
+            codes[:, m] = self.words[m].gather(1, entry)[:, 0]
+            entry = self.parents[m].gather(1, entry).long()
+        return codes
+
+
+def residual_beam_init(
+    matrix: torch.Tensor,
+    num_codebooks: int,
+    codebook_size: int,
+    row_weights: torch.Tensor,
+    generator: torch.Generator,
+    iterations: int,
+    beam_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual quantization trained along a beam search; returns the codebook (M, K, D) and codes (N, M).
+
+    Codebook m is weighted k-means of the residuals that the best beam entry of each row leaves after
+    codebooks 0..m−1; the beam then extends by codebook m. Training runs on a row sample that bounds memory
+    (all rows when they fit, whose codes are then the beam's); the other rows are encoded afterwards.
+    """
+    num_rows, dim = matrix.shape
+    per_row = beam_size * (dim + 2 * num_codebooks)
+    sample_rows = min(num_rows, max(64 * codebook_size, 16 * CHUNK_ELEMENTS // per_row))
+    sample = torch.multinomial(row_weights + 1e-12, sample_rows, replacement=False, generator=generator)
+    beam = _Beam.start(matrix[sample])
+    codebook = matrix.new_zeros(num_codebooks, codebook_size, dim)
+    points = min(sample_rows, max(256 * codebook_size, KMEANS_POINTS))
+    for m in range(num_codebooks):
+        chosen = torch.randperm(sample_rows, generator=generator, device=matrix.device)[:points]
+        codebook[m], _ = kmeans(
+            beam.residual[chosen, 0],
+            codebook_size,
+            row_weights[sample[chosen]],
+            generator,
+            iterations,
+        )
+        beam = beam.extend(codebook[m], (codebook[m] ** 2).sum(dim=1), beam_size)
+    if sample_rows < num_rows:
+        return codebook, beam_search(matrix, codebook, beam_size)
+    codes = torch.empty(num_rows, num_codebooks, dtype=torch.long, device=matrix.device)
+    codes[sample] = beam.best_codes()
+    return codebook, codes
+
+
+def icm(matrix: torch.Tensor, codes: torch.Tensor, codebook: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """Iterated conditional modes: each code in turn becomes the best given all the others."""
+    num_codebooks, codebook_size, dim = codebook.shape
+    norms = (codebook**2).sum(dim=2)
+    size = _chunk_size(codebook_size + dim * 2)
+    result = codes.clone()
+    for i in range(0, matrix.shape[0], size):
+        chunk = result[i : i + size]
+        residual = matrix[i : i + size] - decode(chunk, codebook)
+        for _ in range(sweeps):
+            for m in range(num_codebooks):
+                residual += codebook[m][chunk[:, m]]
+                chunk[:, m] = (norms[m] - 2.0 * residual @ codebook[m].T).argmin(dim=1)
+                residual -= codebook[m][chunk[:, m]]
+    return result
+
+
+def perturb(codes: torch.Tensor, codebook_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Codes with `count` randomly chosen positions per row set to random codewords (LSQ++'s perturbation)."""
+    num_rows, num_codebooks = codes.shape
+    scores = torch.rand(num_rows, num_codebooks, generator=generator, device=codes.device)
+    positions = scores.topk(min(count, num_codebooks), dim=1).indices
+    words = torch.randint(
+        codebook_size,
+        positions.shape,
+        generator=generator,
+        device=codes.device,
+        dtype=codes.dtype,
+    )
+    return codes.clone().scatter_(1, positions, words)
+
+
+def sufficient_statistics(
+    matrix: torch.Tensor,
+    codes: torch.Tensor,
+    row_weights: torch.Tensor,
+    codebook_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_i w_i b_i b_iᵀ ((M·K)×(M·K), float64) and Σ_i w_i b_i e_iᵀ ((M·K)×D), b_i the one-hot code vector.
+
+    These sums are all the least-squares refit needs; under data parallelism each rank computes them for
+    its rows and `_reduce` adds them up.
+    """
+    num_codebooks = codes.shape[1]
+    width = num_codebooks * codebook_size
+    offsets = torch.arange(num_codebooks, device=codes.device) * codebook_size
+    gram = torch.zeros(width * width, dtype=torch.float64, device=matrix.device)
+    cross = torch.zeros(width, matrix.shape[1], dtype=torch.float64, device=matrix.device)
+    size = _chunk_size(num_codebooks * num_codebooks + matrix.shape[1] * num_codebooks)
+    for i in range(0, matrix.shape[0], size):
+        flat = codes[i : i + size] + offsets
+        weight = row_weights[i : i + size].double()
+        pairs = (flat[:, :, None] * width + flat[:, None, :]).reshape(flat.shape[0], -1)
+        gram.index_add_(
+            0,
+            pairs.reshape(-1),
+            weight.repeat_interleave(num_codebooks * num_codebooks),
+        )
+        weighted = (matrix[i : i + size].double() * weight[:, None]).repeat_interleave(num_codebooks, dim=0)
+        cross.index_add_(0, flat.reshape(-1), weighted)
+    return _reduce(gram.reshape(width, width)), _reduce(cross)
+
+
+def _reduce(statistic: torch.Tensor) -> torch.Tensor:
+    """Sum a per-shard statistic over all data-parallel workers (identity in a single process)."""
+    return statistic
+
+
+def solve_codebook(
+    gram: torch.Tensor, cross: torch.Tensor, previous: torch.Tensor, ridge: float
+) -> torch.Tensor:
+    """All codebooks at once: argmin_A Σ_i w_i ||e_i − b_iᵀA||² + λ||A − A_prev||² with a tiny ridge λ.
+
+    The ridge pulls toward the previous codebook (not zero), so unused codewords keep their values and the
+    system's null space (constants moved between codebooks) is pinned without shrinking anything.
+    """
+    num_codebooks, codebook_size, dim = previous.shape
+    width = num_codebooks * codebook_size
+    scale = float(gram.diagonal().mean()) * ridge + 1e-12
+    system = gram + scale * torch.eye(width, dtype=gram.dtype, device=gram.device)
+    target = cross + scale * previous.reshape(width, dim).double()
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) != 0:
+        solution = torch.linalg.lstsq(system, target).solution
+    else:
+        solution = torch.cholesky_solve(target, factor)
+    return solution.to(previous.dtype).reshape(num_codebooks, codebook_size, dim)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input checks, weights and checkpoints.
+
+
+def _validate(matrix: torch.Tensor, num_codebooks: int, codebook_size: int, beam_size: int) -> None:
+    if not isinstance(matrix, torch.Tensor) or matrix.ndim != 2:
+        raise ValueError(f"matrix must be a 2-D torch tensor (rows × dim), got {type(matrix).__name__}.")
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise ValueError(f"matrix has shape {tuple(matrix.shape)}; it needs at least one row and one column.")
+    if not matrix.is_floating_point():
+        raise ValueError(f"matrix must be floating point, got {matrix.dtype}; convert it with .float().")
+    if not bool(torch.isfinite(matrix).all()):
+        raise ValueError("matrix contains NaN or Inf values; clean or drop those rows first.")
+    if num_codebooks < 1 or codebook_size < 2:
+        raise ValueError(
+            f"need num_codebooks ≥ 1 and codebook_size ≥ 2, got M={num_codebooks}, K={codebook_size}."
+        )
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be ≥ 1, got {beam_size}.")
+
+
+def _normalise_weights(weights: torch.Tensor | None, matrix: torch.Tensor) -> torch.Tensor:
+    """Row weights as a float tensor on the matrix's device, mean 1 (uniform when None)."""
+    if weights is None:
+        return torch.ones(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    weights = torch.as_tensor(weights).to(device=matrix.device, dtype=matrix.dtype).reshape(-1)
+    if weights.shape[0] != matrix.shape[0]:
+        raise ValueError(f"weights has {weights.shape[0]} entries but the matrix has {matrix.shape[0]} rows.")
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError("weights must be finite and ≥ 0 (e.g. token frequencies).")
+    total = float(weights.sum())
+    if total <= 0:
+        raise ValueError("weights are all zero; give at least one row a positive weight.")
+    return weights * (weights.shape[0] / total)
+
+
+def _save(checkpointer: Checkpointer | None, state: _State, generator: torch.Generator) -> None:
+    if checkpointer is None:
+        return
+    checkpointer.save(
+        {
+            "method": "additive",
+            "codes": state.codes.cpu(),
+            "codebook": state.codebook.cpu(),
+            "iteration": state.iteration,
+            "best": state.best,
+            "stalled": state.stalled,
+            "elapsed": state.elapsed,
+            "generator": generator.get_state(),
+        }
+    )
+
+
+def _resume(
+    checkpointer: Checkpointer | None,
+    matrix: torch.Tensor,
+    num_codebooks: int,
+    codebook_size: int,
+    generator: torch.Generator,
+) -> _State | None:
+    """The checkpointed state, after checking it belongs to this problem; restores the generator too."""
+    saved = None if checkpointer is None else checkpointer.load()
+    if saved is None:
+        return None
+    expected = (matrix.shape[0], num_codebooks, codebook_size, matrix.shape[1])
+    found = (saved["codes"].shape[0], *saved["codebook"].shape)
+    if saved.get("method") != "additive" or found != expected:
+        raise ValueError(
+            f"Checkpoint in {checkpointer.directory} is for a different run (rows, M, K, D = {found}, "
+            f"expected {expected}); use another checkpoint directory or delete it to start over."
+        )
+    generator.set_state(saved["generator"])
+    return _State(
+        codes=saved["codes"].to(matrix.device),
+        codebook=saved["codebook"].to(device=matrix.device, dtype=matrix.dtype),
+        iteration=int(saved["iteration"]),
+        best=float(saved["best"]),
+        stalled=int(saved["stalled"]),
+        elapsed=float(saved["elapsed"]),
+    )

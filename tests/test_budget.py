@@ -1,0 +1,111 @@
+"""Tests for `smallest_codes`: candidates are tried smallest first and the first one meeting the target wins."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from dccl_hf.fidelity.budget import smallest_codes, stored_bytes
+
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "blue", "ran", "fast", "house", "tree"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[BertModel, BertTokenizerFast, list[str]]:
+    vocab: Path = tmp_path_factory.mktemp("tokenizer") / "vocab.txt"
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n", encoding="utf-8"
+    )
+    tokenizer = BertTokenizerFast(vocab=str(vocab))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        initializer_range=0.2,
+    )
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(3, 8))) for _ in range(20)]
+    return BertModel(config).eval(), tokenizer, texts
+
+
+def test_smallest_candidate_meeting_the_target_wins(
+    setup: tuple[BertModel, BertTokenizerFast, list[str]],
+) -> None:
+    model, tokenizer, texts = setup
+    original = {name: value.clone() for name, value in model.state_dict().items()}
+    candidates = [(8, 16), (1, 2)]
+    _, tried = smallest_codes(
+        model,
+        tokenizer,
+        texts,
+        target=1.0,
+        candidates=candidates,
+        distill=False,
+        max_iterations=2,
+        progress=False,
+    )
+    assert [(r.num_codebooks, r.codebook_size) for r in tried] == [(1, 2), (8, 16)]
+    assert tried[0].mean_cosine < tried[1].mean_cosine
+    assert tried[0].stored_bytes == stored_bytes(len(tokenizer), 16, 1, 2, torch.float16)
+    target = (tried[0].mean_cosine + tried[1].mean_cosine) / 2
+    winner, results = smallest_codes(
+        model,
+        tokenizer,
+        texts,
+        target=target,
+        candidates=candidates,
+        distill=False,
+        max_iterations=2,
+        progress=False,
+    )
+    assert winner is not None
+    assert (winner.num_codebooks, winner.codebook_size) == (8, 16)
+    assert len(results) == 2
+    assert results[-1].mean_cosine >= target
+    assert all(torch.equal(value, original[name]) for name, value in model.state_dict().items())
+
+
+def test_unreachable_target_returns_none(setup: tuple[BertModel, BertTokenizerFast, list[str]]) -> None:
+    model, tokenizer, texts = setup
+    winner, results = smallest_codes(
+        model, tokenizer, texts, target=1.0, candidates=[(1, 2)], distill_options={"steps": 2}, max_iterations=1,
+        progress=False,
+    )  # fmt: skip
+    assert winner is None
+    assert results[0].mean_cosine < 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target": 1.5}, "target"),
+        ({"eval_fraction": 0.0}, "eval_fraction"),
+        ({"candidates": []}, "at least one"),
+        ({"candidates": [(0, 16)]}, "num_codebooks"),
+    ],
+)
+def test_bad_arguments_are_rejected(
+    setup: tuple[BertModel, BertTokenizerFast, list[str]], kwargs: dict[str, object], message: str
+) -> None:
+    model, tokenizer, texts = setup
+    with pytest.raises(ValueError, match=message):
+        smallest_codes(model, tokenizer, texts, progress=False, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 4 texts"):
+        smallest_codes(model, tokenizer, texts[:2], progress=False)

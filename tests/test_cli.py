@@ -1,0 +1,278 @@
+"""Tests of the `dccl-hf` command: compress → evaluate → export → import, resume, push, errors and exit codes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import dccl_hf.learning
+from dccl_hf.cli import main
+from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.readers import load_vocab
+
+ROWS, DIM = 200, 8
+FAST = ["-M", "4", "-K", "8", "--max-iterations", "2", "--device", "cpu"]
+
+
+@pytest.fixture
+def glove(tmp_path: Path) -> Path:
+    """A small GloVe-style text file: ROWS words with DIM values each."""
+    matrix = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
+    path = tmp_path / "vectors.txt"
+    path.write_text(
+        "".join(
+            f"word{row} " + " ".join(f"{value:.6f}" for value in matrix[row]) + "\n" for row in range(ROWS)
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def distance(output: str) -> float:
+    match = re.search(r"mean euclidean distance\s+([0-9.]+)", output)
+    assert match, output
+    return float(match.group(1))
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_round_trip(tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "artifact"
+    code, stdout, _ = run(["compress", str(glove), *FAST, "-o", str(out)], capsys)
+    assert code == 0
+    assert f"{ROWS} rows x {DIM} dims, M=4, K=8" in stdout
+    compressed_distance = distance(stdout)
+    assert 0 < compressed_distance < 2.5
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "vocab.txt"]
+    assert load_vocab(out) == [f"word{row}" for row in range(ROWS)]
+
+    code, stdout, _ = run(["evaluate", str(out), "--original", str(glove)], capsys)
+    assert code == 0
+    assert distance(stdout) == pytest.approx(compressed_distance, abs=1e-6)
+    code, stdout, _ = run(["evaluate", str(out), "--original", str(glove), "--limit", "50"], capsys)
+    assert code == 0
+    assert "50 × 8" in stdout
+
+    prefix = tmp_path / "reference" / "glove"
+    code, stdout, _ = run(["export", str(out), "--prefix", str(prefix)], capsys)
+    assert code == 0
+    assert "with words" in stdout
+    assert (tmp_path / "reference" / "glove.codes").read_text().startswith("word0\t")
+    assert (tmp_path / "reference" / "glove.codebook.npy").is_file()
+
+    imported = tmp_path / "imported"
+    code, stdout, _ = run(["import", str(prefix), "-o", str(imported)], capsys)
+    assert code == 0
+    assert "with vocab.txt" in stdout
+    original = CompressedEmbedding.from_pretrained(out)
+    again = CompressedEmbedding.from_pretrained(imported)
+    assert torch.equal(original.codes, again.codes)
+    assert torch.equal(original.codebook, again.codebook)
+    assert load_vocab(imported) == load_vocab(out)
+
+
+def test_export_without_words(tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "artifact"
+    assert main(["compress", str(glove), *FAST, "-o", str(out), "--limit", "40"]) == 0
+    assert len(load_vocab(out) or []) == 40
+    code, stdout, _ = run(["export", str(out), "--prefix", str(tmp_path / "p"), "--no-words"], capsys)
+    assert code == 0
+    assert "without words" in stdout
+    assert (tmp_path / "p.codes").read_text().split("\n")[0].count(" ") == 3
+
+
+def test_interrupted_run_needs_resume_and_continues(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_compress = dccl_hf.learning.compress
+
+    def interrupted(*args: Any, **kwargs: Any) -> CompressedEmbedding:
+        real_compress(*args, **{**kwargs, "max_iterations": 1})  # writes a checkpoint after round 1
+        raise KeyboardInterrupt
+
+    out = tmp_path / "artifact"
+    command = ["compress", str(glove), *FAST, "-o", str(out)]
+    monkeypatch.setattr(dccl_hf.learning, "compress", interrupted)
+    code, _, stderr = run(command, capsys)
+    assert code == 130
+    assert "rerun the same command with --resume" in stderr
+    assert (out / ".checkpoint" / "checkpoint.pt").is_file()
+    monkeypatch.setattr(dccl_hf.learning, "compress", real_compress)
+
+    code, _, stderr = run(command, capsys)
+    assert code == 2
+    assert "holds an unfinished run; pass --resume" in stderr
+
+    code, _, stderr = run([*command[:-4], "-M", "2", "-o", str(out), "--resume"], capsys)
+    assert code == 2
+    assert "num_codebooks: 4 -> 2" in stderr
+
+    code, stdout, _ = run([*command, "--resume"], capsys)
+    assert code == 0
+    assert "Resuming the run" in stdout
+    assert not (out / ".checkpoint").exists()
+    resumed = distance(stdout)
+    fresh = tmp_path / "fresh"
+    code, stdout, _ = run(["compress", str(glove), *FAST, "-o", str(fresh)], capsys)
+    assert code == 0
+    assert distance(stdout) == pytest.approx(resumed, rel=1e-5)
+
+
+def test_existing_artifact_needs_overwrite(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "artifact"
+    assert main(["compress", str(glove), *FAST, "-o", str(out), "--limit", "30"]) == 0
+    code, _, stderr = run(["compress", str(glove), *FAST, "-o", str(out)], capsys)
+    assert code == 2
+    assert "already holds an artifact; pass --overwrite" in stderr
+    assert main(["compress", str(glove), *FAST, "-o", str(out), "--overwrite"]) == 0
+    assert CompressedEmbedding.from_pretrained(out).num_embeddings == ROWS
+
+
+def test_failed_start_leaves_no_checkpoint(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "artifact"
+    code, _, stderr = run(["compress", str(glove), "-K", "3", "-o", str(out)], capsys)
+    assert code == 2
+    assert stderr.startswith("dccl-hf compress: error: codebook_size must be a power of two")
+    assert stderr.count("\n") == 1
+    assert not out.exists()
+
+    def failing(*args: Any, **kwargs: Any) -> CompressedEmbedding:
+        raise ValueError("bad")
+
+    monkeypatch.setattr(dccl_hf.learning, "compress", failing)
+    code, _, stderr = run(["compress", str(glove), "-o", str(out)], capsys)
+    assert code == 2
+    assert stderr.endswith("dccl-hf compress: error: bad\n")
+    assert not (out / ".checkpoint").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compress", "missing.txt", "-o", "out"], "missing.txt does not exist"),
+        (["evaluate", "nowhere", "--original", "x.npy"], "nowhere is not an artifact directory"),
+        (["export", "nowhere", "--prefix", "p"], "nowhere is not an artifact directory"),
+        (["import", "nothing", "-o", "out"], "nothing.codebook.npy: codebook file not found"),
+        (["push", "nowhere", "user/repo"], "nowhere is not an artifact directory"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run(args, capsys)
+    assert code == 2
+    assert message in stderr
+    assert stderr.count("\n") == 1
+    assert "Traceback" not in stderr
+
+
+def test_evaluate_against_the_wrong_original(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "artifact"
+    assert main(["compress", str(glove), *FAST, "-o", str(out)]) == 0
+    other = tmp_path / "other.npy"
+    np.save(other, np.ones((ROWS, DIM + 1), np.float32))
+    code, _, stderr = run(["evaluate", str(out), "--original", str(other)], capsys)
+    assert code == 2
+    assert f"gives {ROWS} rows x {DIM + 1} dims but the artifact needs {ROWS} x {DIM}" in stderr
+    renamed = tmp_path / "renamed.txt"
+    renamed.write_text(glove.read_text().replace("word3 ", "other3 "))
+    code, _, stderr = run(["evaluate", str(out), "--original", str(renamed)], capsys)
+    assert code == 2
+    assert "row 3: the artifact's vocab.txt has 'word3'" in stderr
+
+
+def test_push_uploads_the_directory(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    calls: dict[str, Any] = {}
+
+    class FakeApi:
+        def __init__(self, token: str | None = None) -> None:
+            calls["token"] = token
+
+        def create_repo(self, repo_id: str, **kwargs: Any) -> huggingface_hub.RepoUrl:
+            calls["create"] = (repo_id, kwargs)
+            return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+        def upload_folder(self, **kwargs: Any) -> Any:
+            calls["upload"] = kwargs
+            return type("Commit", (), {"commit_url": "https://huggingface.co/u/r/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    out = tmp_path / "artifact"
+    assert main(["compress", str(glove), *FAST, "-o", str(out)]) == 0
+    code, stdout, _ = run(["push", str(out), "u/r", "--private", "--token", "secret"], capsys)
+    assert code == 0
+    assert "commit/1" in stdout
+    assert calls["token"] == "secret"
+    assert calls["create"] == ("u/r", {"private": True, "exist_ok": True})
+    assert calls["upload"]["folder_path"] == str(out)
+    assert calls["upload"]["repo_id"] == "u/r"
+    assert ".checkpoint/*" in calls["upload"]["ignore_patterns"]
+
+
+@pytest.mark.parametrize("command", ["compress", "evaluate", "export", "import", "push"])
+def test_help_of_each_command(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: dccl-hf {command}" in text
+    assert f"examples:\n  dccl-hf {command}" in text
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "compress" in capsys.readouterr().err
+
+
+def test_entry_points_in_a_subprocess(tmp_path: Path, glove: Path) -> None:
+    out = tmp_path / "artifact"
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_XET": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dccl_hf", "compress", str(glove), *FAST, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mean euclidean distance" in result.stdout
+    script = Path(sys.executable).parent / "dccl-hf"
+    if not script.exists():
+        pytest.skip("the dccl-hf console script is not installed next to this Python")
+    result = subprocess.run(
+        [str(script), "evaluate", str(out), "--original", str(tmp_path / "missing.txt")],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("dccl-hf evaluate: error: ")
+    assert "missing.txt does not exist" in result.stderr

@@ -1,0 +1,262 @@
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dccl_hf.learning as learning
+from dccl_hf import CompressedEmbedding
+from dccl_hf.learning import compress, iter_row_chunks, load_matrix, resolve_device
+
+CPU = torch.device("cpu")
+#: Budgets per method: a dccl iteration is one mini-batch step, an additive one a whole refit/re-encode round.
+SHORT = {"additive": 3, "dccl": 20}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny matrices: a single thread is fastest, and avoids thrashing on a shared CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def clustered(rows: int, dim: int, seed: int = 0, centres: int = 8, spread: float = 3.0) -> torch.Tensor:
+    """Rows near a few random centres: compressible structure, like real embeddings."""
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.randn(centres, dim, generator=generator) * spread
+    labels = torch.randint(centres, (rows,), generator=generator)
+    return points[labels] + 0.1 * torch.randn(rows, dim, generator=generator)
+
+
+def mean_distance(module: CompressedEmbedding, matrix: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(module.reconstruct().detach() - matrix, dim=1).mean())
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Register a fake method that records what `compress` hands to methods and returns fixed codes."""
+    calls: dict[str, Any] = {}
+
+    def fake(
+        matrix: torch.Tensor, num_codebooks: int, codebook_size: int, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.update(matrix=matrix, **kwargs)
+        codes = torch.arange(matrix.shape[0]).remainder(codebook_size).unsqueeze(1).repeat(1, num_codebooks)
+        return codes, torch.ones(num_codebooks, codebook_size, matrix.shape[1])
+
+    monkeypatch.setitem(learning.METHODS, "fake", fake)
+    return calls
+
+
+def test_returns_compressed_embedding_that_reconstructs_the_matrix() -> None:
+    matrix = clustered(300, 6)
+    module = compress(matrix, 4, 16, max_iterations=3, progress=False)
+    assert isinstance(module, CompressedEmbedding)
+    assert (module.num_embeddings, module.embedding_dim, module.num_codebooks, module.codebook_size) == (
+        300,
+        6,
+        4,
+        16,
+    )
+    assert module.codebook.device.type == resolve_device("auto").type
+    scale = float(torch.linalg.vector_norm(matrix - matrix.mean(0), dim=1).mean())
+    assert mean_distance(module, matrix) < 0.5 * scale
+
+
+def test_every_input_type_gives_the_same_result(tmp_path: Path) -> None:
+    matrix = clustered(64, 5).numpy()
+    mapped = np.lib.format.open_memmap(tmp_path / "m.npy", mode="w+", dtype=np.float64, shape=matrix.shape)
+    mapped[:] = matrix
+    mapped.flush()
+    read_only = np.load(tmp_path / "m.npy", mmap_mode="r")
+    inputs = [
+        torch.from_numpy(matrix),
+        matrix,
+        matrix.astype(np.float16).astype(np.float64),
+        read_only,
+        nn.Embedding.from_pretrained(torch.from_numpy(matrix)),
+    ]
+    results = [compress(x, 2, 4, method="dccl", max_iterations=5, progress=False).codes for x in inputs]
+    assert torch.equal(results[0], results[1])
+    assert torch.equal(results[0], results[3])
+    assert torch.equal(results[0], results[4])
+    assert results[2].shape == (64, 2)
+
+
+def test_load_matrix_shares_memory_when_it_can_and_copies_memmaps_once(tmp_path: Path) -> None:
+    tensor = torch.randn(10, 3)
+    assert load_matrix(tensor, CPU).data_ptr() == tensor.data_ptr()
+    array = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)
+    assert np.shares_memory(load_matrix(array, CPU).numpy(), array)
+    np.save(tmp_path / "m.npy", array)
+    mapped = np.load(tmp_path / "m.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when handed a non-writable array
+        loaded = load_matrix(mapped, CPU)
+    assert not np.shares_memory(loaded.numpy(), mapped)
+    np.testing.assert_array_equal(loaded.numpy(), array)
+    assert load_matrix(array.astype(np.float64), CPU).dtype == torch.float32
+
+
+def test_chunked_conversion_covers_every_row(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(learning, "CHUNK_ELEMENTS", 7)
+    array = np.arange(30 * 3, dtype=np.float64).reshape(30, 3)
+    starts = [start for start, _ in iter_row_chunks(array, CPU)]
+    assert starts == list(range(0, 30, 2))
+    np.testing.assert_array_equal(load_matrix(array, CPU).numpy(), array.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("matrix", "error", "message"),
+    [
+        (torch.zeros(5), ValueError, "2-D"),
+        (torch.zeros(2, 3, 4), ValueError, "2-D"),
+        (torch.zeros(0, 4), ValueError, "empty"),
+        (np.zeros((4, 0), dtype=np.float32), ValueError, "empty"),
+        (np.array([["a", "b"]]), TypeError, "real numbers"),
+        (torch.zeros(3, 2, dtype=torch.complex64), TypeError, "real numbers"),
+        ([[1.0, 2.0]], TypeError, "nn.Embedding"),
+    ],
+)
+def test_bad_matrices_are_clear_errors(matrix: object, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        compress(matrix, 2, 4, progress=False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_values_name_the_row(bad: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(learning, "CHUNK_ELEMENTS", 8)  # the bad row sits in a later chunk
+    matrix = np.ones((10, 4), dtype=np.float32)
+    matrix[7, 2] = bad
+    with pytest.raises(ValueError, match="row 7 contains NaN or Inf"):
+        compress(matrix, 2, 4, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"codebook_size": 12}, "power of two"),
+        ({"codebook_size": 1}, "power of two"),
+        ({"num_codebooks": 0}, "num_codebooks"),
+        ({"method": "nope"}, "additive, dccl"),
+        ({"weights": [1.0, -1.0, 1.0, 1.0]}, "non-negative; weight 1"),
+        ({"weights": [1.0, float("nan"), 1.0, 1.0]}, "finite; weight 1"),
+        ({"weights": [1.0, 1.0]}, "one value per row \\(4\\)"),
+        ({"weights": torch.zeros(4)}, "All row weights are zero"),
+        ({"padding_idx": 4}, "padding_idx"),
+        ({"device": "gpu-please"}, "device"),
+        ({"time_budget": 0}, "time_budget"),
+        ({"max_iterations": -1}, "max_iterations"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(kwargs: dict[str, Any], message: str) -> None:
+    arguments: dict[str, Any] = {"num_codebooks": 2, "codebook_size": 4, "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        compress(torch.ones(4, 3), **arguments)
+
+
+def test_methods_get_the_matrix_weights_and_options(recorded: dict[str, Any]) -> None:
+    matrix = torch.randn(6, 3)
+    compress(matrix, 2, 4, method="fake", weights=np.arange(6.0), time_budget=5.0, max_iterations=3, beam=7)
+    assert recorded["matrix"].data_ptr() == matrix.data_ptr()
+    assert torch.equal(recorded["weights"], torch.arange(6.0))
+    assert (recorded["time_budget"], recorded["max_iterations"], recorded["beam"]) == (5.0, 3, 7)
+    assert recorded["checkpointer"] is None
+    assert isinstance(recorded["generator"], torch.Generator)
+
+
+def test_padding_row_gets_zero_weight_and_decodes_to_zeros(recorded: dict[str, Any]) -> None:
+    weights = torch.full((5,), 2.0)
+    module = compress(torch.randn(5, 3), 2, 4, method="fake", padding_idx=-2, weights=weights)
+    assert torch.equal(recorded["weights"], torch.tensor([2.0, 2.0, 2.0, 0.0, 2.0]))
+    assert torch.equal(weights, torch.full((5,), 2.0)), "the caller's weights must not be modified"
+    assert module.padding_idx == 3
+    assert torch.equal(module.reconstruct()[3], torch.zeros(3))
+    assert torch.equal(module.reconstruct()[0], torch.full((3,), 2.0))
+
+
+def test_embedding_padding_idx_is_used_by_default(recorded: dict[str, Any]) -> None:
+    embedding = nn.Embedding(6, 3, padding_idx=0)
+    module = compress(embedding, 2, 4, method="fake")
+    assert module.padding_idx == 0
+    assert recorded["weights"][0] == 0
+    assert bool((recorded["weights"][1:] == 1).all())
+
+
+@pytest.mark.parametrize("method", ["additive", "dccl"])
+@pytest.mark.parametrize(
+    ("name", "matrix", "num_codebooks", "codebook_size"),
+    [
+        ("K larger than the rows", clustered(5, 4), 2, 16),
+        ("M·K close to V", clustered(64, 4), 4, 16),
+        ("duplicate rows", clustered(4, 3).repeat(20, 1), 2, 4),
+        ("all-zero rows", torch.cat([clustered(30, 4), torch.zeros(10, 4)]), 2, 8),
+        ("D=1", clustered(50, 1), 3, 4),
+        ("a single row", torch.ones(1, 3), 2, 4),
+    ],
+)
+def test_edge_cases(
+    method: str, name: str, matrix: torch.Tensor, num_codebooks: int, codebook_size: int
+) -> None:
+    module = compress(
+        matrix, num_codebooks, codebook_size, method=method, max_iterations=SHORT[method], progress=False
+    )
+    reconstruction = module.reconstruct().detach()
+    assert reconstruction.shape == matrix.shape, name
+    assert bool(torch.isfinite(reconstruction).all()), name
+    codes = module.codes
+    assert int(codes.min()) >= 0, name
+    assert int(codes.max()) < codebook_size, name
+    if method == "additive":  # the default must handle these exactly or nearly so
+        scale = float(torch.linalg.vector_norm(matrix, dim=1).mean())
+        assert mean_distance(module, matrix) <= 0.25 * scale + 1e-6, name
+
+
+@pytest.mark.parametrize("method", ["additive", "dccl"])
+def test_seed_determines_the_result(method: str) -> None:
+    matrix = clustered(200, 6)
+    runs = [
+        compress(matrix, 4, 8, method=method, seed=seed, max_iterations=SHORT[method], progress=False)
+        for seed in (1, 1, 2)
+    ]
+    assert torch.equal(runs[0].codes, runs[1].codes)
+    assert torch.equal(runs[0].codebook, runs[1].codebook)
+    assert not torch.equal(runs[0].codebook, runs[2].codebook)
+
+
+@pytest.mark.parametrize("method", ["additive", "dccl"])
+def test_an_interrupted_run_resumes_to_the_same_result(method: str, tmp_path: Path) -> None:
+    matrix = clustered(200, 6)
+    options: dict[str, Any] = {"method": method, "progress": False}
+    straight = compress(matrix, 4, 8, max_iterations=SHORT[method], **options)
+    compress(matrix, 4, 8, max_iterations=SHORT[method] // 2, checkpoint_dir=tmp_path, **options)
+    assert (tmp_path / "checkpoint.pt").exists()
+    resumed = compress(matrix, 4, 8, max_iterations=SHORT[method], checkpoint_dir=tmp_path, **options)
+    assert torch.equal(straight.codes, resumed.codes)
+    torch.testing.assert_close(straight.codebook, resumed.codebook, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 1},
+        {"num_codebooks": 2},
+        {"method": "additive"},
+        {"padding_idx": 0},
+        {"weights": torch.rand(100)},
+    ],
+)
+def test_a_checkpoint_of_another_job_is_refused(change: dict[str, Any], tmp_path: Path) -> None:
+    matrix = clustered(100, 4)
+    arguments: dict[str, Any] = {"num_codebooks": 4, "method": "dccl", "progress": False, "max_iterations": 2}
+    compress(matrix, codebook_size=4, checkpoint_dir=tmp_path, **arguments)
+    with pytest.raises(ValueError, match="different job"):
+        compress(matrix, codebook_size=4, checkpoint_dir=tmp_path, **{**arguments, **change})
+    with pytest.raises(ValueError, match="matrix_sum"):
+        compress(matrix * 2, codebook_size=4, checkpoint_dir=tmp_path, **arguments)
