@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 from hub_server import HubServer
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, hf_hub_download
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 import dccl_hf
@@ -66,8 +67,12 @@ def test_push_to_hub_uploads_a_loadable_checkpoint_and_card(
     snippet = body.split("```python\n", 1)[1]
     assert snippet.startswith("import dccl_hf")
     assert 'AutoModelForCausalLM.from_pretrained("dccl-tester/compressed-gpt2")' in snippet
+    assert "size-mismatch error" in body  # loading without `import dccl_hf` fails loudly
     loaded = AutoModelForCausalLM.from_pretrained("dccl-tester/compressed-gpt2", cache_dir=tmp_path)
     assert torch.equal(logits(loaded), logits(model))
+    checkpoint = hf_hub_download("dccl-tester/compressed-gpt2", "model.safetensors", cache_dir=tmp_path)
+    with safe_open(checkpoint, "pt") as file:
+        assert file.get_slice("transformer.wte.weight").get_shape() == [0]  # the load guard was uploaded
 
 
 def test_from_pretrained_offline_from_the_cache(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 from transformers import (
     AutoModel,
@@ -33,6 +35,7 @@ from transformers import (
 import dccl_hf
 from dccl_hf import CompressedEmbedding
 from dccl_hf.integration import CompressedLMHead, DcclConfig
+from dccl_hf.integration.guard import IMPORT_HINT_KEY
 
 VOCAB, HIDDEN = 120, 32
 KINDS = ["gpt2", "llama-tied", "llama-untied", "bert"]
@@ -157,6 +160,13 @@ def test_checkpoint_holds_codes_not_dense_tables(compressed: dict, tmp_path: Pat
             key for key, shape in shapes.items() if shape in {(VOCAB, HIDDEN), (HIDDEN, VOCAB)}
         )
         assert dense_tables == (["lm_head.weight"] if kind == "llama-untied" else [])
+        # Load guards: empty tensors under the dense weight name (so plain transformers fails) and a hint key.
+        guards = {f"{embedding_name}.weight", IMPORT_HINT_KEY}
+        assert {key: shapes[key] for key in guards} == dict.fromkeys(guards, (0,))
+        assert sum(math.prod(shapes[key]) for key in guards) <= 4  # no dense data in the guards
+        assert not guards & set(model.state_dict())  # only the saved checkpoint carries them
+        checkpoint = load_file(tmp_path / kind / "model.safetensors")
+        assert model.load_state_dict(checkpoint, strict=False).unexpected_keys == []  # as Trainer resumes
 
 
 def test_from_pretrained_in_a_fresh_process(compressed: dict, tmp_path: Path) -> None:
@@ -185,7 +195,15 @@ def test_from_pretrained_in_a_fresh_process(compressed: dict, tmp_path: Path) ->
         """
     )
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=environment, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        check=True,
+        env=environment,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert "LOAD REPORT" not in run.stderr  # the load guards are expected keys: no unexpected/missing report
     out = torch.load(tmp_path / "out.pt")
     for kind in KINDS:
         reloaded, embedding_type, head_type = out[kind]
@@ -194,6 +212,51 @@ def test_from_pretrained_in_a_fresh_process(compressed: dict, tmp_path: Path) ->
         assert head_type == ("Linear" if kind == "llama-untied" else "CompressedLMHead")
     gpt2 = compressed["gpt2"][1]
     assert torch.equal(out["generated"], gpt2.generate(input_ids()[:, :4], max_new_tokens=5, do_sample=False))
+
+
+def test_plain_transformers_refuses_the_checkpoint_without_import(compressed: dict, tmp_path: Path) -> None:
+    for kind in KINDS:
+        compressed[kind][1].save_pretrained(tmp_path / kind)
+    script = textwrap.dedent(
+        f"""
+        import json, logging, sys
+        import transformers
+        assert "dccl_hf" not in sys.modules
+        root = sys.argv[1]
+        messages = []
+        handler = logging.Handler()
+        handler.emit = lambda record: messages.append(record.getMessage())
+        logging.getLogger("transformers").addHandler(handler)
+        out = {{}}
+        for kind, auto in {AUTO!r}.items():
+            for name in (auto, "AutoModel"):
+                messages.clear()
+                try:
+                    getattr(transformers, name).from_pretrained(root + "/" + kind)
+                except RuntimeError as error:
+                    out[kind + "/" + name] = "\\n".join([str(error), *messages])
+                else:
+                    out[kind + "/" + name] = None
+        assert "dccl_hf" not in sys.modules
+        print(json.dumps(out))
+        """
+    )
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        check=True,
+        env=environment,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(out) == 2 * len(KINDS)
+    for key, message in out.items():
+        assert message is not None, f"{key} loaded without dccl_hf"
+        assert "ignore_mismatched_sizes" in message, key
+        assert "import_dccl_hf" in message, key  # the hint key, listed in the load report
+        assert "torch.Size([0])" in message, key
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama-tied", "llama-untied"])
@@ -219,6 +282,9 @@ def test_dequantize_returns_an_ordinary_dense_model(compressed: dict, kind: str,
     torch.testing.assert_close(logits(dense), expected)
     dense.save_pretrained(tmp_path)
     assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
+    with safe_open(tmp_path / "model.safetensors", "pt") as file:
+        assert IMPORT_HINT_KEY not in file.keys()  # noqa: SIM118
+        assert all(file.get_slice(key).get_shape() != [0] for key in file.keys())  # noqa: SIM118
     auto = AutoModelForMaskedLM if kind == "bert" else AutoModelForCausalLM
     torch.testing.assert_close(logits(auto.from_pretrained(tmp_path)), expected)
 

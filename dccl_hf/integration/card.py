@@ -101,8 +101,9 @@ def model_card(
         f'model = {_auto_class(model)}.from_pretrained("{repo_id}")',
         "```",
         "",
-        "Without `import dccl_hf`, transformers does not know `quant_method: dccl`: it skips the quantization "
-        "config and loads a model whose embeddings are missing (randomly initialised), so always import it.",
+        "Without `import dccl_hf`, transformers does not know `quant_method: dccl` and builds the dense model; "
+        "the checkpoint holds an empty placeholder under the dense embedding weight's name, so loading stops "
+        "with a size-mismatch error instead of returning randomly initialised embeddings.",
         "",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))

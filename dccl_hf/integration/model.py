@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.integration.config import QUANT_METHOD, DcclConfig
+from dccl_hf.integration.guard import skip_guards_in_load_state_dict
 from dccl_hf.integration.layer import CompressedLMHead
 from dccl_hf.learning import compress
 from dccl_hf.learning.additive import beam_search
@@ -277,6 +278,7 @@ def _attach_quantizer(model: PreTrainedModel, config: DcclConfig) -> None:
     """Give a model compressed in memory what `from_pretrained` gives a loaded one (dequantize, Trainer, save)."""
     from dccl_hf.integration.quantizer import DcclHfQuantizer
 
+    skip_guards_in_load_state_dict(model)
     model.config.quantization_config = config
     model.hf_quantizer = DcclHfQuantizer(config, pre_quantized=True)
     model.is_quantized = True

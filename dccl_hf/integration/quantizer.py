@@ -24,7 +24,7 @@ from transformers.quantizers.auto import (
 
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.integration.config import QUANT_METHOD, DcclConfig
-from dccl_hf.integration.guard import guard_key_patterns, guard_tensors
+from dccl_hf.integration.guard import guard_key_patterns, guard_tensors, skip_guards_in_load_state_dict
 from dccl_hf.integration.model import (
     build_compressed_modules,
     decompress_modules,
@@ -47,8 +47,11 @@ class DcclHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> PreTrainedModel:
         build_compressed_modules(model, self.quantization_config)
-        ignored = set(model._keys_to_ignore_on_load_unexpected or ())
-        model._keys_to_ignore_on_load_unexpected = ignored | guard_key_patterns(model, self.quantization_config)
+        guards = guard_key_patterns(model, self.quantization_config)
+        model._keys_to_ignore_on_load_unexpected = (
+            set(model._keys_to_ignore_on_load_unexpected or ()) | guards
+        )
+        skip_guards_in_load_state_dict(model)
         return model
 
     def _process_model_after_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> PreTrainedModel:
@@ -60,7 +63,9 @@ class DcclHfQuantizer(HfQuantizer):
         decompress_modules(model, self.quantization_config, dtype)
         return model
 
-    def get_state_dict_and_metadata(self, model: PreTrainedModel) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    def get_state_dict_and_metadata(
+        self, model: PreTrainedModel
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The state dict `save_pretrained` (and so `push_to_hub`) writes: the model's, plus the load guards."""
         return {**model.state_dict(), **guard_tensors(model, self.quantization_config)}, {}
 
