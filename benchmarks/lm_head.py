@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import median_seconds
 from torch import nn
 
 from dccl_hf import CompressedEmbedding
 from dccl_hf.integration import CompressedLMHead
-
-
-def median_seconds(step: Callable[[], object], repeats: int) -> float:
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -7,27 +7,14 @@ Run: python benchmarks/lookup.py > benchmarks/results/lookup.txt
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
+from timing import median_seconds
 from torch import nn
 
 from dccl_hf import CompressedEmbedding
-
-
-def median_seconds(step: Callable[[], None], repeats: int) -> float:
-    """Median wall time of `step` after two warm-up calls."""
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def forward_step(module: nn.Module, ids: torch.Tensor) -> Callable[[], None]:

@@ -8,6 +8,7 @@ and addressed by their names in `named_modules()`, never by a hard-coded attribu
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -19,6 +20,13 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.fidelity.calibration import (
+    Calibration,
+    Tokenizer,
+    calibration_texts,
+    row_weights_from_calibration,
+)
+from dccl_hf.fidelity.distill import distill_codebook
 from dccl_hf.integration.config import QUANT_METHOD, DcclConfig
 from dccl_hf.integration.guard import skip_guards_in_load_state_dict
 from dccl_hf.integration.layer import CompressedLMHead
@@ -41,9 +49,18 @@ def resize_with_codes(
     codebook_size: int | None = None,
     *,
     new_num_tokens: int | None = None,
+    tokenizer: Tokenizer | None = None,
+    calibration: Calibration | None = None,
+    distill: bool | None = None,
+    distill_options: dict[str, Any] | None = None,
     **compress_options: Any,
 ) -> CompressedEmbedding:
     """Replace `model`'s input embeddings by a `CompressedEmbedding` and return it.
+
+    With a `calibration` corpus (texts, a text file, or token counts) and the model's `tokenizer`, rows are
+    weighted by token frequency (`dccl_hf.fidelity.row_weights_from_calibration`), and — when texts are given —
+    the codebook is then distilled against a frozen copy of the original model on them (`distill=False` skips
+    it; `distill_options` go to `dccl_hf.fidelity.distill_codebook`). Distillation holds both models in memory.
 
     - ``resize_with_codes(model, M, K, **compress_options)`` learns codes from the model's own embedding matrix
       with `dccl_hf.compress` (options such as ``weights``, ``seed``, ``time_budget`` go to it);
@@ -88,6 +105,14 @@ def resize_with_codes(
                 "The model's input embeddings are already compressed; call model.dequantize() first to learn "
                 "new codes, or pass only new_num_tokens to resize them."
             )
+        if calibration is not None:
+            if "weights" in compress_options:
+                raise TypeError(
+                    "Pass either calibration (row weights from token counts) or weights, not both."
+                )
+            compress_options["weights"] = row_weights_from_calibration(
+                tokenizer, calibration, dense.shape[0], progress=compress_options.get("progress", True)
+            )
         compressed = learn_codes(
             dense,
             num_codebooks,
@@ -95,6 +120,15 @@ def resize_with_codes(
             padding_idx=getattr(current, "padding_idx", None),
             **compress_options,
         )
+    texts = calibration_texts(calibration) if calibration is not None else None
+    if distill is None:
+        distill = texts is not None and dense is not None
+    if distill and (texts is None or tokenizer is None or dense is None):
+        raise ValueError(
+            "Codebook distillation needs calibration texts, the model's tokenizer and a dense model to learn "
+            "from: pass tokenizer=... and calibration=[...texts] when compressing, or distill=False."
+        )
+    teacher = copy.deepcopy(model).eval() if distill else None
     if dense is not None:
         compressed = compressed.to(device=dense.device, dtype=dense.dtype)
         compressed.codebook.requires_grad_(current.weight.requires_grad)
@@ -105,6 +139,9 @@ def resize_with_codes(
         mean_row = dense.mean(0) if dense is not None else _mean_row(compressed)
         compressed = resize_compressed(compressed, new_num_tokens, mean_row)
     config = compress_modules(model, compressed)
+    if teacher is not None:
+        distill_codebook(teacher, model, tokenizer, texts, **(distill_options or {}))
+        metrics = reconstruction_metrics(dense, compressed)
     if metrics is not None:
         config.reconstruction = metrics
     return compressed
