@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -66,3 +67,12 @@ def go_offline(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Remove the session's Hugging Face cache."""
     shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tests use tiny tensors, which run fastest on one thread (and CI machines are small and shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

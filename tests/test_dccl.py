@@ -5,7 +5,6 @@ import pytest
 import test_learning as learning_tests
 import torch
 import torch.nn.functional as F
-from test_learning import _one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 import dccl_hf.learning.dccl as dccl
 from dccl_hf.learning.checkpoint import Checkpointer

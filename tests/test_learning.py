@@ -1,5 +1,4 @@
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,6 @@ from dccl_hf.learning import compress, iter_row_chunks, load_matrix, resolve_dev
 CPU = torch.device("cpu")
 #: Budgets per method: a dccl iteration is one mini-batch step, an additive one a whole refit/re-encode round.
 SHORT = {"additive": 3, "dccl": 20}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny matrices: a single thread is fastest, and avoids thrashing on a shared CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def clustered(rows: int, dim: int, seed: int = 0, centres: int = 8, spread: float = 3.0) -> torch.Tensor:
