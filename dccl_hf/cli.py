@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub
+import torch
 
 from dccl_hf import learning
 from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.fidelity.calibration import row_weights_from_calibration, weights_from_counts, word_counts
 from dccl_hf.files import write_file_atomic
 from dccl_hf.formats import load_reference, save_reference
 from dccl_hf.metrics import reconstruction_report
@@ -32,6 +34,9 @@ from dccl_hf.readers import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: Files whose presence makes an input directory a model with a tokenizer (for --calibration).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 CHECKPOINT_DIR = ".checkpoint"
 RUN_FILE = "run.json"
@@ -183,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     compress.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     compress.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="text like what the table will embed, one text per line: rows are weighted by how often their token "
+        "(a Hugging Face model directory's tokenizer) or word (a table with words) occurs in it",
+    )
+    compress.add_argument(
         "--padding-idx", type=int, metavar="ROW", help="row kept exactly zero (e.g. a padding token)"
     )
     compress.add_argument(
@@ -264,12 +275,45 @@ def _read_input(source: str, args: argparse.Namespace, limit: int | None) -> Emb
     )
 
 
+def _calibration_weights(
+    calibration: str | None, input_: str, source: EmbeddingSource
+) -> torch.Tensor | None:
+    """Row weights from a calibration text file: token counts for a model directory, word counts for a word table."""
+    if calibration is None:
+        return None
+    path = Path(calibration)
+    if not path.is_file():
+        raise FileNotFoundError(f"--calibration {calibration}: no such file.")
+    model_dir = Path(input_)
+    if model_dir.is_dir() and any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        return row_weights_from_calibration(tokenizer, path, source.shape[0])
+    if source.words is None:
+        raise ValueError(
+            "--calibration needs to know what each row stands for: give a table with words (GloVe/word2vec, or "
+            "--vocab FILE) or a Hugging Face model directory with its tokenizer."
+        )
+    return weights_from_counts(word_counts(source.words, path))
+
+
 def _compress(args: argparse.Namespace) -> int:
     output = Path(args.output)
     checkpoint_dir = output / CHECKPOINT_DIR
     settings = {
         key: getattr(args, key)
-        for key in ("input", "limit", "format", "tensor", "num_codebooks", "codebook_size", "method", "seed")
+        for key in (
+            "input",
+            "limit",
+            "format",
+            "tensor",
+            "num_codebooks",
+            "codebook_size",
+            "method",
+            "seed",
+            "calibration",
+        )
     }
     bits_per_code(args.codebook_size)
     if args.num_codebooks < 1:
@@ -284,6 +328,7 @@ def _compress(args: argparse.Namespace) -> int:
             logger.warning("Not writing vocab.txt: %s", error)
             words = None
     rows, dim = source.shape
+    weights = _calibration_weights(args.calibration, args.input, source)
     print(
         f"Compressing {source.origin}: {rows} rows x {dim} dims, M={args.num_codebooks}, K={args.codebook_size}"
     )
@@ -297,6 +342,7 @@ def _compress(args: argparse.Namespace) -> int:
             method=args.method,
             device=args.device,
             seed=args.seed,
+            weights=weights,
             padding_idx=args.padding_idx,
             time_budget=args.time_budget,
             max_iterations=args.max_iterations,

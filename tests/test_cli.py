@@ -16,7 +16,7 @@ import torch
 import dccl_hf.learning
 from dccl_hf.cli import main
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.readers import load_vocab
+from dccl_hf.readers import load_vocab, read_embeddings
 
 ROWS, DIM = 200, 8
 FAST = ["-M", "4", "-K", "8", "--max-iterations", "2", "--device", "cpu"]
@@ -276,3 +276,34 @@ def test_entry_points_in_a_subprocess(tmp_path: Path, glove: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("dccl-hf evaluate: error: ")
     assert "missing.txt does not exist" in result.stderr
+
+
+def test_calibration_file_weights_the_words_it_mentions(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("word0 word1 word2 word3 word4 word5 word6 word7\n" * 50)
+    plain, weighted = tmp_path / "plain", tmp_path / "weighted"
+    assert run(["compress", str(glove), *FAST, "-o", str(plain)], capsys)[0] == 0
+    assert (
+        run(["compress", str(glove), *FAST, "-o", str(weighted), "--calibration", str(calibration)], capsys)[
+            0
+        ]
+        == 0
+    )
+    original = torch.from_numpy(read_embeddings(str(glove)).matrix[:8])
+
+    def error(directory: Path) -> float:
+        return (
+            (CompressedEmbedding.from_pretrained(directory)(torch.arange(8)) - original)
+            .norm(dim=1)
+            .mean()
+            .item()
+        )
+
+    assert error(weighted) < 0.5 * error(plain)
+    code, _, stderr = run(
+        ["compress", str(glove), *FAST, "-o", str(tmp_path / "x"), "--calibration", "missing.txt"], capsys
+    )
+    assert code == 2
+    assert "missing.txt" in stderr
