@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
-
 import pytest
 import torch
+from tiny_text import word_sentences, word_tokenizer
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from dccl_hf.fidelity.budget import smallest_codes, stored_bytes
@@ -16,11 +14,7 @@ WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "blue", "ra
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[BertModel, BertTokenizerFast, list[str]]:
-    vocab: Path = tmp_path_factory.mktemp("tokenizer") / "vocab.txt"
-    vocab.write_text(
-        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n", encoding="utf-8"
-    )
-    tokenizer = BertTokenizerFast(vocab=str(vocab))
+    tokenizer = word_tokenizer(tmp_path_factory.mktemp("tokenizer"), WORDS)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(tokenizer),
@@ -31,8 +25,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[BertModel, BertToke
         max_position_embeddings=16,
         initializer_range=0.2,
     )
-    rng = random.Random(0)
-    texts = [" ".join(rng.choices(WORDS, k=rng.randint(3, 8))) for _ in range(20)]
+    texts = word_sentences(WORDS, 20, max_words=8)
     return BertModel(config).eval(), tokenizer, texts
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_text import word_tokenizer
 from transformers import BertTokenizerFast
 
 from dccl_hf.fidelity.calibration import (
@@ -23,11 +24,7 @@ TEXTS = ["the cat sat on the mat", "the dog sat on a mat", "the big red dog", "t
 
 @pytest.fixture
 def tokenizer(tmp_path: Path) -> BertTokenizerFast:
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text(
-        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n", encoding="utf-8"
-    )
-    return BertTokenizerFast(vocab=str(vocab))
+    return word_tokenizer(tmp_path, WORDS)
 
 
 def test_counts_include_special_tokens_and_words(tokenizer: BertTokenizerFast) -> None:

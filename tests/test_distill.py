@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import copy
-import random
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_text import word_sentences, word_tokenizer
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast, PreTrainedModel
 
@@ -40,17 +39,12 @@ WORDS = [
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
-    vocab: Path = tmp_path_factory.mktemp("tokenizer") / "vocab.txt"
-    vocab.write_text(
-        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n", encoding="utf-8"
-    )
-    return BertTokenizerFast(vocab=str(vocab))
+    return word_tokenizer(tmp_path_factory.mktemp("tokenizer"), WORDS)
 
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    rng = random.Random(0)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(60)]
+    return word_sentences(WORDS, 60)
 
 
 def _config(vocab_size: int) -> BertConfig:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import copy
-import random
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_text import word_sentences, word_tokenizer
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 import dccl_hf
@@ -18,14 +17,11 @@ FILLER = [f"filler{index}" for index in range(400)]
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
-    vocab: Path = tmp_path_factory.mktemp("tokenizer") / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *FILLER]) + "\n")
-    return BertTokenizerFast(vocab=str(vocab))
+    return word_tokenizer(tmp_path_factory.mktemp("tokenizer"), [*WORDS, *FILLER])
 
 
 def sentences(count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(count)]
+    return word_sentences(WORDS, count, seed=seed)
 
 
 def mean_pooled(model: BertModel, tokenizer: BertTokenizerFast, texts: list[str]) -> torch.Tensor:
