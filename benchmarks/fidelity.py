@@ -1,12 +1,14 @@
 """Fidelity of compressed embeddings: MiniLM sentence embeddings and GloVe word similarity, original vs compressed.
 
-MiniLM (all-MiniLM-L6-v2): sentences are the docstrings of Python's standard library, split by module so that the
-calibration text (token counts and distillation) and the >= 1,000 held-out evaluation sentences never share a
-module. For each budget the table is compressed plain (every row alike), calibration-weighted
-(`row_weights_from_calibration`), and weighted + distilled (`distill_codebook`); we report the mean and 5th
-percentile cosine between original and compressed mean-pooled sentence embeddings, and the table compression
-ratio with fp32 and fp16 codebooks (fidelity with fp32 / bf16 / fp16 codebook storage is compared at
-128 bits/row).
+MiniLM (all-MiniLM-L6-v2): the >= 1,000 held-out evaluation sentences are docstrings of a fifth of Python's
+standard-library packages (chosen by a hash of the package name); the calibration text (token counts, sensitivity,
+distillation) is the docstrings of the other stdlib packages plus those of every installed third-party package
+(parsed with `ast`, not imported), so the two never share a module. For each budget the table is compressed
+plain (every row alike), calibration-weighted (`row_weights_from_calibration`), weighted and under the model's
+sensitivity metric (`embedding_sensitivity` of the pooled sentence embedding on 256 calibration sentences), and
+that + distilled (`distill_codebook`); we report the mean and 5th percentile cosine between original and
+compressed mean-pooled sentence embeddings, and the table compression ratio with fp32 and fp16 codebooks
+(fidelity with fp32 / bf16 / fp16 codebook storage is compared at 128 bits/row).
 
 GloVe 6B 50d: rows are in frequency order, so the weighted variant uses Zipf weights by rank (`zipf_weights`).
 WordSim-353 / SimLex-999 Spearman over pairs whose words are both in the vocabulary, and Google analogy accuracy
@@ -18,12 +20,14 @@ Usage: python benchmarks/fidelity.py [--quick] [--threads N] [--time-budget SECO
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import importlib
 import inspect
 import logging
 import pkgutil
 import re
+import site
 import sys
 import time
 import warnings
@@ -40,6 +44,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import row_weights_from_calibration, zipf_weights
 from dccl_hf.fidelity.distill import distill_codebook
+from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 from dccl_hf.learning import compress
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -91,6 +96,13 @@ def _docstrings(module: ModuleType) -> Iterator[str]:
                     yield inspect.getdoc(member) or ""
 
 
+def _sentences(doc: str) -> Iterator[str]:
+    for paragraph in re.split(r"\n\s*\n", doc):
+        for sentence in SENTENCE_END.split(" ".join(paragraph.split())):
+            if sentence and _is_sentence(sentence):
+                yield sentence
+
+
 def _is_sentence(text: str) -> bool:
     words = text.split()
     prose = sum(char.isalpha() or char == " " for char in text) / len(text)
@@ -108,15 +120,30 @@ def stdlib_sentences() -> tuple[list[str], list[str]]:
     module_of: dict[str, str] = {}
     for module in _stdlib_modules():
         for doc in _docstrings(module):
-            for paragraph in re.split(r"\n\s*\n", doc):
-                for sentence in SENTENCE_END.split(" ".join(paragraph.split())):
-                    if sentence and _is_sentence(sentence):
-                        module_of.setdefault(sentence, module.__name__)
+            for sentence in _sentences(doc):
+                module_of.setdefault(sentence, module.__name__)
     calibration, held_out = [], []
     for sentence, module_name in module_of.items():
         top = module_name.split(".")[0]
         (held_out if zlib.crc32(top.encode()) % HELD_OUT_BUCKETS == 0 else calibration).append(sentence)
     return calibration, held_out
+
+
+def third_party_sentences() -> list[str]:
+    """English sentences from the docstrings of every installed third-party package, in a fixed order."""
+    sentences: dict[str, None] = {}
+    for root in sorted({Path(path) for path in site.getsitepackages()}):
+        for path in sorted(root.rglob("*.py")):
+            if {"test", "tests"} & set(path.parts):
+                continue
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                    sentences.update(dict.fromkeys(_sentences(ast.get_docstring(node) or "")))
+    return list(sentences)
 
 
 # ---------------------------------------------------------------- measurements
@@ -192,7 +219,8 @@ class MiniLM:
         "ratio fp16 cb",
         "plain",
         "weighted",
-        "weighted+distilled",
+        "+sensitivity",
+        "+distilled",
     )
     storage_header = ("bits/row", "fp32 codebook", "bf16 codebook", "fp16 codebook")
 
@@ -204,10 +232,14 @@ class MiniLM:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
         self.dense = self.model.get_input_embeddings()
-        self.calibration, self.held_out = stdlib_sentences()
+        stdlib_calibration, self.held_out = stdlib_sentences()
+        held_out = set(self.held_out)
+        third_party = [sentence for sentence in third_party_sentences() if sentence not in held_out]
+        self.calibration = stdlib_calibration + third_party
         print(
             f"all-MiniLM-L6-v2, table {tuple(self.dense.weight.shape)}; {len(self.calibration)} calibration "
-            f"sentences, {len(self.held_out)} held-out sentences (disjoint stdlib packages)"
+            f"sentences ({len(stdlib_calibration)} stdlib, {len(third_party)} third-party), "
+            f"{len(self.held_out)} held-out sentences (other stdlib packages)"
         )
         self.reference = mean_pooled(self.model, self.tokenizer, self.held_out)
         self.weights = row_weights_from_calibration(
@@ -215,6 +247,10 @@ class MiniLM:
         )
         covered = int((self.weights > self.weights.min()).sum())
         print(f"calibration covers {covered} of {self.dense.num_embeddings} rows", flush=True)
+        with timed("sensitivity"):
+            self.metric = embedding_sensitivity(
+                self.model, self.tokenizer, self.calibration, output="pooled", progress=False
+            )
         self.rows: list[list[str]] = []
         self.storage: list[list[str]] = []
 
@@ -231,7 +267,11 @@ class MiniLM:
             plain = compress(table, num_codebooks, codebook_size, **options)
         with timed("weighted compress"):
             weighted = compress(table, num_codebooks, codebook_size, weights=self.weights, **options)
-        student = swapped(self.model, copy.deepcopy(weighted))
+        with timed("weighted compress under the sensitivity metric"):
+            sensitive = compress(
+                table, num_codebooks, codebook_size, weights=self.weights, metric=self.metric, **options
+            )
+        student = swapped(self.model, copy.deepcopy(sensitive))
         with timed("distill"):
             report = distill_codebook(
                 self.model,
@@ -245,7 +285,8 @@ class MiniLM:
             )
         print(f"  {report}")
         distilled = student.get_input_embeddings()
-        results = [self.cosine(variant, torch.float16) for variant in (plain, weighted, distilled)]
+        variants = (plain, weighted, sensitive, distilled)
+        results = [self.cosine(variant, torch.float16) for variant in variants]
         ratios = [f"{stored_ratio(plain, dtype):.1f}x" for dtype in (torch.float32, torch.float16)]
         self.rows.append([f"{bits}", f"M={num_codebooks},K={codebook_size}", *ratios, *results])
         print("  " + " | ".join(self.rows[-1]), flush=True)
@@ -259,7 +300,7 @@ class MiniLM:
         print("mean / 5th percentile, codebook stored in fp16")
         print_table(self.header, self.rows)
         if self.storage:
-            print("\nCodebook storage dtype, weighted+distilled: mean / 5th percentile cosine")
+            print("\nCodebook storage dtype, +distilled: mean / 5th percentile cosine")
             print_table(self.storage_header, self.storage)
 
 

@@ -73,8 +73,8 @@ def load_dataset(name: str, rows: int | None) -> np.ndarray:
 
 def run_method(
     method: str, matrix: np.ndarray, num_codebooks: int, codebook_size: int, time_budget: float | None
-) -> np.ndarray | str:
-    """Learn codes for `matrix` with `method` and return its reconstruction (or why it cannot run)."""
+) -> np.ndarray:
+    """Learn codes for `matrix` with `method` and return its reconstruction."""
     nbits = int(np.log2(codebook_size))
     if method in FAISS_METHODS:
         import faiss
@@ -91,26 +91,13 @@ def run_method(
 
     import dccl_hf
 
-    tensor = torch.from_numpy(matrix)
-    if hasattr(dccl_hf, "compress"):
-        name = "dccl" if method == "dccl" else None
-        options = {"progress": False, "time_budget": time_budget} | ({"method": name} if name else {})
-        try:
-            module = dccl_hf.compress(tensor, num_codebooks, codebook_size, seed=0, **options)
-        except ValueError as error:
-            if method == "dccl":
-                return f"dccl method not available ({error})"
-            raise
-        return module.reconstruct().detach().float().numpy()
-    if method == "dccl":
-        return "dccl_hf.compress(method='dccl') not available yet"
-    from dccl_hf.learning.additive import decode, fit_additive
-
-    generator = torch.Generator().manual_seed(0)
-    codes, codebook = fit_additive(
-        tensor, num_codebooks, codebook_size, generator=generator, progress=False, time_budget=time_budget
-    )
-    return decode(codes, codebook).numpy()
+    options = {
+        "progress": False,
+        "time_budget": time_budget,
+        "method": "dccl" if method == "dccl" else "additive",
+    }
+    module = dccl_hf.compress(torch.from_numpy(matrix), num_codebooks, codebook_size, seed=0, **options)
+    return module.reconstruct().detach().float().numpy()
 
 
 def worker(spec: dict[str, object]) -> dict[str, object]:
@@ -134,8 +121,6 @@ def worker(spec: dict[str, object]) -> dict[str, object]:
         str(spec["method"]), matrix, num_codebooks, codebook_size, None if budget is None else float(budget)
     )
     seconds = time.perf_counter() - start
-    if isinstance(reconstruction, str):
-        return {"note": reconstruction}
     error = matrix.astype(np.float64) - reconstruction.astype(np.float64)
     return {
         "distance": float(np.linalg.norm(error, axis=1).mean()),

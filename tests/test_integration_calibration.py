@@ -1,15 +1,27 @@
-"""`resize_with_codes(..., tokenizer=, calibration=)`: calibration weighting and distillation beat plain codes."""
+"""`resize_with_codes(..., tokenizer=, calibration=)`: calibration weighting and distillation beat plain codes;
+the sensitivity metric is measured for untied models only (unless asked for)."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
 from tiny_text import word_sentences, word_tokenizer
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
 
 import dccl_hf
+import dccl_hf.integration.model as integration_model
 
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "blue", "ran", "fast", "house", "tree"]
 FILLER = [f"filler{index}" for index in range(400)]
@@ -30,6 +42,52 @@ def mean_pooled(model: BertModel, tokenizer: BertTokenizerFast, texts: list[str]
         hidden = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1)
+
+
+def small_bert(vocab_size: int) -> BertModel:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        initializer_range=0.5,
+    )
+    return BertModel(config).eval()
+
+
+def causal_lm(kind: str, vocab_size: int) -> PreTrainedModel:
+    """A tiny GPT-2 (head tied to the embeddings) or Llama with a tied or untied head."""
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        return GPT2LMHeadModel(
+            GPT2Config(vocab_size=vocab_size, n_embd=16, n_layer=1, n_head=2, n_positions=32)
+        )
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        tie_word_embeddings=kind == "llama-tied",
+    )
+    return LlamaForCausalLM(config)
+
+
+class SensitivityCalledError(Exception):
+    """Raised by the stand-in for `embedding_sensitivity` in tests that must not reach it."""
+
+
+def refuse_sensitivity(*args: object, **kwargs: object) -> torch.Tensor:
+    raise SensitivityCalledError
+
+
+#: Quick code learning without distillation.
+QUICK: dict[str, Any] = {"seed": 0, "max_iterations": 2, "progress": False, "distill": False}
 
 
 def test_calibration_and_distillation_beat_plain_codes(tokenizer: BertTokenizerFast) -> None:
@@ -79,3 +137,74 @@ def test_calibration_conflicts_are_clear_errors(tokenizer: BertTokenizerFast) ->
         )
     with pytest.raises(ValueError, match="needs calibration texts"):
         dccl_hf.resize_with_codes(model, 2, 4, distill=True, max_iterations=1, progress=False)
+
+
+def test_untied_models_are_compressed_under_their_sensitivity_by_default(
+    tokenizer: BertTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = small_bert(len(tokenizer))
+    calibration = sentences(30, seed=3)
+    calls: list[tuple[list[str], dict[str, Any]]] = []
+    real = integration_model.embedding_sensitivity
+
+    def spy(model: PreTrainedModel, tok: BertTokenizerFast, texts: list[str], **options: Any) -> torch.Tensor:
+        assert model.get_input_embeddings().weight.shape == (len(tokenizer), 16)  # measured before the swap
+        calls.append((texts, options))
+        return real(model, tok, texts, **options)
+
+    monkeypatch.setattr(integration_model, "embedding_sensitivity", spy)
+
+    def codebook(**options: Any) -> torch.Tensor:
+        model = copy.deepcopy(original)
+        return model.resize_with_codes(
+            2, 4, tokenizer=tokenizer, calibration=calibration, **QUICK, **options
+        ).codebook
+
+    default = codebook(sensitivity_options={"probes": 1, "seed": 5})
+    assert calls == [(calibration, {"progress": False, "probes": 1, "seed": 5})]
+    plain = codebook(sensitivity=False)
+    assert len(calls) == 1
+    assert not torch.allclose(default, plain, atol=1e-3)
+    # The metric reaches the code learning: passing the same metric by hand gives the same codebook.
+    metric = real(original, tokenizer, calibration, probes=1, seed=5, progress=False)
+    torch.testing.assert_close(codebook(sensitivity=False, metric=metric), default, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"calibration": {5: 3, 6: 1}}, r"calibration=\[\.\.\.texts\]"),
+        ({"calibration": ["the cat sat"], "metric": torch.eye(16)}, "no metric="),
+    ],
+    ids=["counts", "metric-given"],
+)
+def test_sensitivity_needs_texts_and_no_metric(
+    tokenizer: BertTokenizerFast, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], message: str
+) -> None:
+    monkeypatch.setattr(integration_model, "embedding_sensitivity", refuse_sensitivity)
+    model = small_bert(len(tokenizer))
+    with pytest.raises(ValueError, match=message):
+        model.resize_with_codes(2, 4, tokenizer=tokenizer, sensitivity=True, **QUICK, **options)
+    assert isinstance(model.get_input_embeddings(), torch.nn.Embedding)  # left as it was
+    if "metric" not in options:  # token counts alone never trigger the measurement
+        model.resize_with_codes(2, 4, tokenizer=tokenizer, **QUICK, **options)
+
+
+@pytest.mark.parametrize(
+    ("kind", "measured"), [("gpt2", False), ("llama-tied", False), ("llama-untied", True)]
+)
+def test_tied_heads_skip_the_sensitivity_by_default(
+    tokenizer: BertTokenizerFast, monkeypatch: pytest.MonkeyPatch, kind: str, measured: bool
+) -> None:
+    monkeypatch.setattr(integration_model, "embedding_sensitivity", refuse_sensitivity)
+    model = causal_lm(kind, len(tokenizer))
+    options: dict[str, Any] = {"tokenizer": tokenizer, "calibration": sentences(10, seed=4), **QUICK}
+    if measured:
+        with pytest.raises(SensitivityCalledError):
+            model.resize_with_codes(2, 4, **options)
+        model.resize_with_codes(2, 4, sensitivity=False, **options)
+    else:
+        model.resize_with_codes(2, 4, **options)
+        with pytest.raises(SensitivityCalledError):  # asking for it explicitly still measures
+            causal_lm(kind, len(tokenizer)).resize_with_codes(2, 4, sensitivity=True, **options)
+    assert isinstance(model.get_input_embeddings(), dccl_hf.CompressedEmbedding)

@@ -1,4 +1,5 @@
-"""Fidelity of compressed transformer embeddings: calibration row weights and codebook distillation."""
+"""Fidelity of compressed transformer embeddings: calibration row weights, the model's sensitivity metric and
+codebook distillation."""
 
 from dccl_hf.fidelity.calibration import (
     calibration_texts,
@@ -9,11 +10,13 @@ from dccl_hf.fidelity.calibration import (
     zipf_weights,
 )
 from dccl_hf.fidelity.distill import DistillationReport, distill_codebook
+from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 
 __all__ = [
     "DistillationReport",
     "calibration_texts",
     "distill_codebook",
+    "embedding_sensitivity",
     "row_weights_from_calibration",
     "token_counts",
     "weights_from_counts",

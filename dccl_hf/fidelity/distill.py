@@ -116,7 +116,7 @@ def _batches(encodings: list[dict[str, list[int]]], batch_size: int) -> list[lis
     return [encodings[start : start + batch_size] for start in range(0, len(encodings), batch_size)]
 
 
-def _outputs(model: Model, batch: Mapping[str, torch.Tensor], loss: str) -> torch.Tensor:
+def model_outputs(model: Model, batch: Mapping[str, torch.Tensor], loss: str) -> torch.Tensor:
     """The output the loss compares: final hidden states (B, L, D) or logits (B, L, V)."""
     inputs = {name: value.to(_device(model)) for name, value in batch.items()}
     if loss == "logits":
@@ -152,8 +152,8 @@ def _batch_loss(
     original: Model, compressed: Model, batch: Mapping[str, torch.Tensor], loss: str
 ) -> torch.Tensor:
     with torch.no_grad():
-        teacher = _outputs(original, batch, loss)
-    return _loss(_outputs(compressed, batch, loss), teacher, batch["attention_mask"], loss)
+        teacher = model_outputs(original, batch, loss)
+    return _loss(model_outputs(compressed, batch, loss), teacher, batch["attention_mask"], loss)
 
 
 def _evaluate(
@@ -170,6 +170,7 @@ def _evaluate(
     return total / count
 
 
+@torch.enable_grad()  # training needs gradients even when called under torch.no_grad()
 def distill_codebook(
     original_model: Model,
     compressed_model: Model,

@@ -27,6 +27,7 @@ from dccl_hf.fidelity.calibration import (
     row_weights_from_calibration,
 )
 from dccl_hf.fidelity.distill import distill_codebook
+from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 from dccl_hf.integration.config import QUANT_METHOD, DcclConfig
 from dccl_hf.integration.guard import skip_guards_in_load_state_dict
 from dccl_hf.integration.layer import CompressedLMHead
@@ -53,14 +54,19 @@ def resize_with_codes(
     calibration: Calibration | None = None,
     distill: bool | None = None,
     distill_options: dict[str, Any] | None = None,
+    sensitivity: bool | None = None,
+    sensitivity_options: dict[str, Any] | None = None,
     **compress_options: Any,
 ) -> CompressedEmbedding:
     """Replace `model`'s input embeddings by a `CompressedEmbedding` and return it.
 
     With a `calibration` corpus (texts, a text file, or token counts) and the model's `tokenizer`, rows are
-    weighted by token frequency (`dccl_hf.fidelity.row_weights_from_calibration`), and — when texts are given —
-    the codebook is then distilled against a frozen copy of the original model on them (`distill=False` skips
-    it; `distill_options` go to `dccl_hf.fidelity.distill_codebook`). Distillation holds both models in memory.
+    weighted by token frequency (`dccl_hf.fidelity.row_weights_from_calibration`). When texts are given, the
+    codes are learned under the model's sensitivity to its input embeddings measured on them
+    (`dccl_hf.fidelity.embedding_sensitivity`; on by default unless the head is tied to the embeddings, whose
+    logits read the table differently; `sensitivity=False` skips it, `sensitivity_options` go to it), and the
+    codebook is then distilled against a frozen copy of the original model on them (`distill=False` skips it;
+    `distill_options` go to `dccl_hf.fidelity.distill_codebook`). Distillation holds both models in memory.
 
     - ``resize_with_codes(model, M, K, **compress_options)`` learns codes from the model's own embedding matrix
       with `dccl_hf.compress` (options such as ``weights``, ``seed``, ``time_budget`` go to it);
@@ -78,6 +84,7 @@ def resize_with_codes(
     if current is None:
         raise ValueError(f"{type(model).__name__} has no input embeddings (get_input_embeddings() is None).")
     dense = None if isinstance(current, CompressedEmbedding) else _dense_weight(current)
+    texts = calibration_texts(calibration) if calibration is not None else None
     if isinstance(num_codebooks, CompressedEmbedding):
         if codebook_size is not None or compress_options:
             raise TypeError(
@@ -113,6 +120,19 @@ def resize_with_codes(
             compress_options["weights"] = row_weights_from_calibration(
                 tokenizer, calibration, dense.shape[0], progress=compress_options.get("progress", True)
             )
+        if sensitivity is None:
+            head = model.get_output_embeddings()
+            sensitivity = texts is not None and not (
+                head is not None and _is_tied(model, head, current, _module_names(model))
+            )
+        if sensitivity:
+            if texts is None or tokenizer is None or "metric" in compress_options:
+                raise ValueError(
+                    "sensitivity=True measures the model on calibration texts: pass tokenizer=... and "
+                    "calibration=[...texts], and no metric=."
+                )
+            options = {"progress": compress_options.get("progress", True)} | (sensitivity_options or {})
+            compress_options["metric"] = embedding_sensitivity(model, tokenizer, texts, **options)
         compressed = learn_codes(
             dense,
             num_codebooks,
@@ -120,7 +140,6 @@ def resize_with_codes(
             padding_idx=getattr(current, "padding_idx", None),
             **compress_options,
         )
-    texts = calibration_texts(calibration) if calibration is not None else None
     if distill is None:
         distill = texts is not None and dense is not None
     if distill and (texts is None or tokenizer is None or dense is None):

@@ -20,6 +20,7 @@ from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.learning.additive import fit_additive
 from dccl_hf.learning.checkpoint import Checkpointer
 from dccl_hf.learning.dccl import fit_dccl
+from dccl_hf.learning.metric import MetricTransform
 from dccl_hf.packing import bits_per_code
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def compress(
     device: str | torch.device = "auto",
     seed: int = 0,
     weights: torch.Tensor | np.ndarray | list[float] | None = None,
+    metric: torch.Tensor | np.ndarray | None = None,
     padding_idx: int | None = None,
     time_budget: float | None = None,
     max_iterations: int | None = None,
@@ -54,19 +56,25 @@ def compress(
 
     `matrix` is a torch tensor, a numpy array (a read-only `np.memmap` is read in chunks, copied once) or an
     `nn.Embedding` (its `padding_idx` is used unless one is given). `weights` (V,) ≥ 0 are row importances, e.g.
-    token frequencies: heavier rows are reconstructed better. The `padding_idx` row gets weight 0 and decodes to
-    zeros. `time_budget` (seconds) and `max_iterations` bound the run; with `checkpoint_dir` the run saves its
-    state there and a rerun of the same job resumes from it. `options` go to the method (see `METHODS`).
+    token frequencies: heavier rows are reconstructed better. `metric` (D, D), positive semi-definite, makes the
+    error that counts (e − ê)ᵀ·metric·(e − ê), e.g. a model's sensitivity to its input embeddings
+    (`dccl_hf.fidelity.embedding_sensitivity`); see `dccl_hf.learning.metric`. The `padding_idx` row gets weight 0
+    and decodes to zeros. `time_budget` (seconds) and `max_iterations` bound the run; with `checkpoint_dir` the
+    run saves its state there and a rerun of the same job resumes from it. `options` go to the method (see `METHODS`).
     """
     fit = _method(method)
     _check_arguments(num_codebooks, codebook_size, seed, time_budget, max_iterations)
     if padding_idx is None and isinstance(matrix, nn.Embedding):
         padding_idx = matrix.padding_idx
     target = resolve_device(device)
+    copied = _shared_tensor(_source(matrix), target) is None
     data = load_matrix(matrix, target)
     rows, dim = data.shape
     padding = _padding_index(padding_idx, rows)
     row_weights = _row_weights(weights, rows, padding, target)
+    transform = None if metric is None else MetricTransform.from_metric(metric, dim, target)
+    if transform is not None:
+        data = transform.apply(data, in_place=copied)
     generator = torch.Generator(device=target).manual_seed(seed)
     checkpointer = None
     if checkpoint_dir is not None:
@@ -79,6 +87,7 @@ def compress(
             "padding_idx": padding,
             "matrix_sum": _fingerprint(data),
             "weights_sum": None if row_weights is None else _fingerprint(row_weights.unsqueeze(1)),
+            "metric_sum": None if transform is None else _fingerprint(transform.root.float()),
         }
         checkpointer = JobCheckpointer(checkpoint_dir, job)
     logger.info(
@@ -102,6 +111,8 @@ def compress(
         max_iterations=max_iterations,
         **options,
     )
+    if transform is not None:
+        codebook = transform.restore_codebook(codebook)
     return CompressedEmbedding.from_codes(codes, codebook, padding_idx=padding)
 
 
