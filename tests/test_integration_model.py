@@ -46,7 +46,7 @@ AUTO = {
 }
 AUTO["bert"] = "AutoModelForMaskedLM"
 #: High bit rate for these tables: M·K > V, so the learned codes reproduce the tiny tables almost exactly.
-HIGH_RATE = {"num_codebooks": 4, "codebook_size": 64, "progress": False, "max_iterations": 1, "seed": 0}
+HIGH_RATE = {"num_codebooks": 4, "codebook_size": 64, "progress": False, "max_iterations": 3, "seed": 0}
 
 
 def build(kind: str) -> PreTrainedModel:

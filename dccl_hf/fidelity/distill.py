@@ -204,7 +204,9 @@ def distill_codebook(
     steps (default: 10 evaluations per run, at most 50 steps apart, and once more at the end). The run stops after
     `steps` (default: one pass over the training texts, or unlimited when only `time_budget` is given),
     `time_budget` seconds, or `patience` evaluations without improvement; the best codebook is restored. `lr` is
-    Adam's learning rate, by default 1% of the codebook's RMS value.
+    Adam's learning rate, by default 0.1% of the codebook's RMS value (on all-MiniLM-L6-v2 at 128 bits/row, 250 s
+    of distillation raised the held-out sentence cosine from 0.9808 to 0.9829 with 0.1%, to 0.9818 with 0.02%,
+    and not at all with 1%).
     """
     _validate(texts, loss, steps, time_budget, held_out_fraction)
     embedding = _compressed_embedding(compressed_model)
@@ -236,7 +238,7 @@ def distill_codebook(
 
     codebook = embedding.codebook
     if lr is None:
-        lr = 0.01 * float(codebook.detach().float().pow(2).mean().sqrt())
+        lr = 1e-3 * float(codebook.detach().float().pow(2).mean().sqrt())
     trainable = {name: parameter.requires_grad for name, parameter in compressed_model.named_parameters()}
     modes = (original_model.training, compressed_model.training)
     optimizer = torch.optim.Adam([codebook], lr=lr)
