@@ -161,6 +161,39 @@ def test_methods_get_the_matrix_weights_and_options(recorded: dict[str, Any]) ->
     assert isinstance(recorded["generator"], torch.Generator)
 
 
+def test_calibration_counts_become_frequency_weights(recorded: dict[str, Any]) -> None:
+    counts = torch.tensor([0.0, 3.0, 1.0, 0.0, 7.0, 1.0])
+    compress(torch.randn(6, 3), 2, 4, method="fake", calibration=counts, progress=False)
+    expected = (counts + 1.0) / (
+        counts + 1.0
+    ).mean()  # fidelity.weights_from_counts: (count + 1) ** 1, mean 1
+    torch.testing.assert_close(recorded["weights"], expected)
+
+
+def test_calibration_texts_are_counted_with_the_tokenizer(recorded: dict[str, Any]) -> None:
+    def tokenizer(texts: list[str], **kwargs: object) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[int(word) for word in text.split()] for text in texts]}
+
+    compress(
+        torch.randn(4, 3),
+        2,
+        4,
+        method="fake",
+        tokenizer=tokenizer,
+        calibration=["1 1 3", "1"],
+        progress=False,
+    )
+    counts = torch.tensor([0.0, 3.0, 0.0, 1.0])
+    torch.testing.assert_close(recorded["weights"], (counts + 1.0) / (counts + 1.0).mean())
+
+
+def test_calibration_conflicts_and_missing_tokenizer_are_clear_errors() -> None:
+    with pytest.raises(TypeError, match="either calibration"):
+        compress(torch.randn(4, 3), 2, 4, calibration=torch.ones(4), weights=torch.ones(4))
+    with pytest.raises(ValueError, match="need a tokenizer"):
+        compress(torch.randn(4, 3), 2, 4, calibration=["some text"])
+
+
 def test_padding_row_gets_zero_weight_and_decodes_to_zeros(recorded: dict[str, Any]) -> None:
     weights = torch.full((5,), 2.0)
     module = compress(torch.randn(5, 3), 2, 4, method="fake", padding_idx=-2, weights=weights)

@@ -24,7 +24,6 @@ from dccl_hf.fidelity.calibration import (
     Calibration,
     Tokenizer,
     calibration_texts,
-    row_weights_from_calibration,
 )
 from dccl_hf.fidelity.distill import distill_codebook
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
@@ -113,13 +112,10 @@ def resize_with_codes(
                 "new codes, or pass only new_num_tokens to resize them."
             )
         if calibration is not None:
-            if "weights" in compress_options:
-                raise TypeError(
-                    "Pass either calibration (row weights from token counts) or weights, not both."
-                )
-            compress_options["weights"] = row_weights_from_calibration(
-                tokenizer, calibration, dense.shape[0], progress=compress_options.get("progress", True)
-            )
+            compress_options |= {
+                "tokenizer": tokenizer,
+                "calibration": calibration if texts is None else texts,
+            }
         if sensitivity is None:
             head = model.get_output_embeddings()
             sensitivity = texts is not None and not (

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.fidelity.calibration import Calibration, Tokenizer, row_weights_from_calibration
 from dccl_hf.learning.additive import fit_additive
 from dccl_hf.learning.checkpoint import Checkpointer
 from dccl_hf.learning.dccl import fit_dccl
@@ -44,6 +45,8 @@ def compress(
     device: str | torch.device = "auto",
     seed: int = 0,
     weights: torch.Tensor | np.ndarray | list[float] | None = None,
+    tokenizer: Tokenizer | None = None,
+    calibration: Calibration | None = None,
     metric: torch.Tensor | np.ndarray | None = None,
     padding_idx: int | None = None,
     time_budget: float | None = None,
@@ -56,7 +59,9 @@ def compress(
 
     `matrix` is a torch tensor, a numpy array (a read-only `np.memmap` is read in chunks, copied once) or an
     `nn.Embedding` (its `padding_idx` is used unless one is given). `weights` (V,) ≥ 0 are row importances, e.g.
-    token frequencies: heavier rows are reconstructed better. `metric` (D, D), positive semi-definite, makes the
+    token frequencies: heavier rows are reconstructed better; instead of weights, a `calibration` corpus (texts or
+    a text file, tokenized with `tokenizer`) or token counts give weights by token frequency
+    (`dccl_hf.fidelity.row_weights_from_calibration`). `metric` (D, D), positive semi-definite, makes the
     error that counts (e − ê)ᵀ·metric·(e − ê), e.g. a model's sensitivity to its input embeddings
     (`dccl_hf.fidelity.embedding_sensitivity`); see `dccl_hf.learning.metric`. The `padding_idx` row gets weight 0
     and decodes to zeros. `time_budget` (seconds) and `max_iterations` bound the run; with `checkpoint_dir` the
@@ -71,6 +76,10 @@ def compress(
     data = load_matrix(matrix, target)
     rows, dim = data.shape
     padding = _padding_index(padding_idx, rows)
+    if calibration is not None:
+        if weights is not None:
+            raise TypeError("Pass either calibration (row weights from token counts) or weights, not both.")
+        weights = row_weights_from_calibration(tokenizer, calibration, rows, progress=progress)
     row_weights = _row_weights(weights, rows, padding, target)
     transform = None if metric is None else MetricTransform.from_metric(metric, dim, target)
     if transform is not None:
