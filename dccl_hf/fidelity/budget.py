@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import row_weights_from_calibration
 from dccl_hf.fidelity.distill import distill_codebook
+from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 from dccl_hf.learning import compress
 from dccl_hf.packing import bits_per_code, packed_row_bytes
 
@@ -90,6 +91,7 @@ def smallest_codes(
     eval_fraction: float = 0.2,
     distill: bool = True,
     distill_options: dict[str, Any] | None = None,
+    sensitivity: bool = True,
     seed: int = 0,
     progress: bool = True,
     **compress_options: Any,
@@ -98,7 +100,8 @@ def smallest_codes(
 
     An `eval_fraction` of `texts` is held out for scoring (mean cosine between the original and compressed models'
     mean-pooled final hidden states, with the codebook rounded to `codebook_dtype` as it would be stored); the rest
-    calibrates the row weights and, with `distill`, trains the codebook (`distill_options` go to
+    calibrates the row weights, with `sensitivity` measures the metric the codes are learned under
+    (`embedding_sensitivity` of the pooled sentence embedding), and with `distill` trains the codebook (`distill_options` go to
     `distill_codebook`, `compress_options` to `dccl_hf.compress`). Candidates are tried in order of stored bytes.
     Returns the winner (None when no candidate meets the target) and every result measured. `model` is unchanged.
     """
@@ -126,6 +129,10 @@ def smallest_codes(
     reference = sentence_embeddings(model, tokenizer, eval_texts)
     weights = row_weights_from_calibration(tokenizer, train_texts, vocab_size, progress=progress)
     options = {"padding_idx": getattr(dense, "padding_idx", None), "seed": seed, "progress": progress}
+    if sensitivity:
+        options["metric"] = embedding_sensitivity(
+            model, tokenizer, train_texts, output="pooled", seed=seed, progress=progress
+        )
     options.update(compress_options)
     ranked = sorted(candidates, key=lambda shape: stored_bytes(vocab_size, dim, *shape, codebook_dtype))
     results: list[BudgetResult] = []
