@@ -115,7 +115,9 @@ def test_calibration_and_distillation_beat_plain_codes(tokenizer: BertTokenizerF
     plain = fidelity()
     weighted = fidelity(tokenizer=tokenizer, calibration=calibration, distill=False)
     distilled = fidelity(
-        tokenizer=tokenizer, calibration=calibration, distill_options={"steps": 300, "lr": 2e-2, "progress": False}
+        tokenizer=tokenizer,
+        calibration=calibration,
+        distill_options={"steps": 300, "lr": 2e-2, "progress": False},
     )
     assert weighted > plain + 0.01, (plain, weighted)
     assert distilled > weighted + 0.01, (weighted, distilled)
