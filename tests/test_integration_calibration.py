@@ -210,3 +210,15 @@ def test_tied_heads_skip_the_sensitivity_by_default(
         with pytest.raises(SensitivityCalledError):  # asking for it explicitly still measures
             causal_lm(kind, len(tokenizer)).resize_with_codes(2, 4, sensitivity=True, **options)
     assert isinstance(model.get_input_embeddings(), dccl_hf.CompressedEmbedding)
+
+
+def test_sensitivity_options_without_learning_are_clear_errors(tokenizer: BertTokenizerFast) -> None:
+    model = small_bert(len(tokenizer))
+    compressed = dccl_hf.compress(
+        model.get_input_embeddings().weight.detach(), 2, 4, max_iterations=1, progress=False
+    )
+    with pytest.raises(TypeError, match="not both"):
+        dccl_hf.resize_with_codes(model, compressed, sensitivity=True)
+    dccl_hf.resize_with_codes(model, compressed)
+    with pytest.raises(TypeError, match="sensitivity_options"):
+        dccl_hf.resize_with_codes(model, new_num_tokens=len(tokenizer) + 2, sensitivity_options={"probes": 1})

@@ -84,8 +84,14 @@ def resize_with_codes(
         raise ValueError(f"{type(model).__name__} has no input embeddings (get_input_embeddings() is None).")
     dense = None if isinstance(current, CompressedEmbedding) else _dense_weight(current)
     texts = calibration_texts(calibration) if calibration is not None else None
+    # Options that only mean something when new codes are learned here.
+    learning_only = sorted(compress_options) + [
+        name
+        for name, value in (("sensitivity", sensitivity), ("sensitivity_options", sensitivity_options))
+        if value
+    ]
     if isinstance(num_codebooks, CompressedEmbedding):
-        if codebook_size is not None or compress_options:
+        if codebook_size is not None or learning_only:
             raise TypeError(
                 "Pass either a CompressedEmbedding or num_codebooks/codebook_size with compress options, not both."
             )
@@ -96,8 +102,8 @@ def resize_with_codes(
                 "The model's input embeddings are not compressed yet: pass num_codebooks and codebook_size "
                 "(e.g. model.resize_with_codes(32, 16)) or a CompressedEmbedding."
             )
-        if compress_options:
-            raise TypeError(f"Options {sorted(compress_options)} only apply when learning new codes.")
+        if learning_only:
+            raise TypeError(f"Options {learning_only} only apply when learning new codes.")
         if new_num_tokens is None:
             return current
         compressed = current
