@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -80,6 +81,27 @@ class DistillationReport:
             f"{self.train_texts} train / {self.held_out_texts} held-out texts, {self.seconds:.0f} s, "
             f"stopped: {self.stop_reason})"
         )
+
+
+@contextmanager
+def frozen(*models: Model) -> Iterator[None]:
+    """Every parameter of `models` without gradients and every model in eval mode, both restored on exit, so
+    that only what the caller re-enables (a codebook, a hooked activation) receives gradients."""
+    flags = [
+        {name: parameter.requires_grad for name, parameter in model.named_parameters()} for model in models
+    ]
+    modes = [model.training for model in models]
+    try:
+        for model in models:
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            model.train(False)
+        yield
+    finally:
+        for model, flag, mode in zip(models, flags, modes, strict=True):
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(flag[name])
+            model.train(mode)
 
 
 def _compressed_embedding(model: Model) -> CompressedEmbedding:
@@ -243,16 +265,10 @@ def distill_codebook(
     codebook = embedding.codebook
     if lr is None:
         lr = 1e-3 * float(codebook.detach().float().pow(2).mean().sqrt())
-    trainable = {name: parameter.requires_grad for name, parameter in compressed_model.named_parameters()}
-    modes = (original_model.training, compressed_model.training)
     optimizer = torch.optim.Adam([codebook], lr=lr)
     start = time.monotonic()
-    try:
-        for parameter in compressed_model.parameters():
-            parameter.requires_grad_(False)
+    with frozen(original_model, compressed_model):
         codebook.requires_grad_(True)
-        original_model.train(False)
-        compressed_model.train(False)
         initial = best = _evaluate(original_model, compressed_model, held_out, loss)
         best_codebook = codebook.detach().clone()
         best_step = step = stalled = evaluated = 0
@@ -290,11 +306,6 @@ def distill_codebook(
             best_codebook = codebook.detach().clone()
         with torch.no_grad():
             codebook.copy_(best_codebook)
-    finally:
-        for name, parameter in compressed_model.named_parameters():
-            parameter.requires_grad_(trainable[name])
-        original_model.train(modes[0])
-        compressed_model.train(modes[1])
     report = DistillationReport(
         loss=loss,
         steps=step,

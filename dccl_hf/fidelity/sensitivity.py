@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dccl_hf.fidelity.distill import Loss, Model, Tokenizer, model_outputs
+from dccl_hf.fidelity.distill import Loss, Model, Tokenizer, frozen, model_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -67,41 +67,34 @@ def embedding_sensitivity(
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(texts), generator=generator)[:max_texts].tolist()
     selected = [texts[i] for i in sorted(picks)]
-    trainable = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
-    was_training = model.training
     handle = embedding.register_forward_hook(capture)
     metric = torch.zeros((), dtype=torch.float64)
     try:
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        model.train(False)
-        for start in tqdm(
-            range(0, len(selected), batch_size),
-            desc="embedding sensitivity",
-            unit="batch",
-            disable=not progress,
-        ):
-            batch = tokenizer(
-                selected[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-            captured.clear()
-            target = _target(model_outputs(model, batch, output), batch["attention_mask"], output)
-            mask = batch["attention_mask"].to(captured[-1].device).bool()
-            for probe in range(probes):
-                direction = torch.randn(target.shape, generator=generator).to(target)
-                (target * direction).sum().backward(retain_graph=probe < probes - 1)
-                gradients = captured[-1].grad[mask].double()
-                captured[-1].grad = None
-                metric = metric + gradients.T @ gradients
+        with frozen(model):
+            for start in tqdm(
+                range(0, len(selected), batch_size),
+                desc="embedding sensitivity",
+                unit="batch",
+                disable=not progress,
+            ):
+                batch = tokenizer(
+                    selected[start : start + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
+                captured.clear()
+                target = _target(model_outputs(model, batch, output), batch["attention_mask"], output)
+                mask = batch["attention_mask"].to(captured[-1].device).bool()
+                for probe in range(probes):
+                    direction = torch.randn(target.shape, generator=generator).to(target)
+                    (target * direction).sum().backward(retain_graph=probe < probes - 1)
+                    gradients = captured[-1].grad[mask].double()
+                    captured[-1].grad = None
+                    metric = metric + gradients.T @ gradients
     finally:
         handle.remove()
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(trainable[name])
-        model.train(was_training)
     trace = float(metric.trace())
     if not trace > 0:
         raise ValueError("the model's outputs do not depend on its input embeddings on these texts.")
