@@ -4,7 +4,8 @@ MiniLM (all-MiniLM-L6-v2): the >= 1,000 held-out evaluation sentences are docstr
 standard-library packages (chosen by a hash of the package name); the calibration text (token counts, sensitivity,
 distillation) is the docstrings of the other stdlib packages plus those of every installed third-party package
 (parsed with `ast`, not imported), so the two never share a module. For each budget the table is compressed
-plain (every row alike), calibration-weighted (`row_weights_from_calibration`), weighted and under the model's
+plain (every row alike), calibrated (`compress(..., calibration=token counts)`: rows weighted by token frequency,
+squared-error objective), calibrated and under the model's
 sensitivity metric (`embedding_sensitivity` of the pooled sentence embedding on 256 calibration sentences), and
 that + distilled (`distill_codebook`); we report the mean and 5th percentile cosine between original and
 compressed mean-pooled sentence embeddings, and the table compression ratio with fp32 and fp16 codebooks
@@ -14,7 +15,7 @@ GloVe 6B 50d: rows are in frequency order, so the weighted variant uses Zipf wei
 WordSim-353 / SimLex-999 Spearman over pairs whose words are both in the vocabulary, and Google analogy accuracy
 (3CosAdd) restricted to the 30,000 most frequent words (gensim's usual `restrict_vocab`).
 
-Usage: python benchmarks/fidelity.py [--quick] [--threads N] [--time-budget SECONDS]
+Usage: python benchmarks/fidelity.py [--jobs PART:BITS ...] [--threads N] [--compress-budget S] [--distill-budget S]
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.fidelity.calibration import row_weights_from_calibration, zipf_weights
+from dccl_hf.fidelity.calibration import token_counts, zipf_weights
 from dccl_hf.fidelity.distill import distill_codebook
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 from dccl_hf.learning import compress
@@ -242,10 +243,10 @@ class MiniLM:
             f"{len(self.held_out)} held-out sentences (other stdlib packages)"
         )
         self.reference = mean_pooled(self.model, self.tokenizer, self.held_out)
-        self.weights = row_weights_from_calibration(
+        self.counts = token_counts(
             self.tokenizer, self.calibration, self.dense.num_embeddings, progress=False
         )
-        covered = int((self.weights > self.weights.min()).sum())
+        covered = int((self.counts > 0).sum())
         print(f"calibration covers {covered} of {self.dense.num_embeddings} rows", flush=True)
         with timed("sensitivity"):
             self.metric = embedding_sensitivity(
@@ -266,10 +267,10 @@ class MiniLM:
         with timed("plain compress"):
             plain = compress(table, num_codebooks, codebook_size, **options)
         with timed("weighted compress"):
-            weighted = compress(table, num_codebooks, codebook_size, weights=self.weights, **options)
+            weighted = compress(table, num_codebooks, codebook_size, calibration=self.counts, **options)
         with timed("weighted compress under the sensitivity metric"):
             sensitive = compress(
-                table, num_codebooks, codebook_size, weights=self.weights, metric=self.metric, **options
+                table, num_codebooks, codebook_size, calibration=self.counts, metric=self.metric, **options
             )
         student = swapped(self.model, copy.deepcopy(sensitive))
         with timed("distill"):

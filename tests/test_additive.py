@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,12 @@ import pytest
 import torch
 
 from dccl_hf.learning.additive import (
+    _dimension_schedule,
+    _lloyd,
     decode,
     fit_additive,
     kmeans,
+    progressive_kmeans,
     row_distances,
     solve_codebook,
     sufficient_statistics,
@@ -80,6 +84,20 @@ def test_heavier_rows_are_reconstructed_better() -> None:
     plain = row_distances(matrix, *fit(matrix, 2, 8))
     weighted = row_distances(matrix, *fit(matrix, 2, 8, weights=weights))
     assert float(weighted[:30].mean()) < 0.8 * float(plain[:30].mean())
+
+
+def test_distance_objective_fits_medians_and_squared_objective_means() -> None:
+    """Two clusters of ten equal rows and one outlier each: the sum of distances is minimised by the cluster's
+    majority value (a median), the sum of squares by its mean."""
+    matrix = torch.tensor([[0.0]] * 10 + [[11.0]] + [[100.0]] * 10 + [[111.0]])
+    _, by_distance = fit(matrix, 1, 2, tolerance=0.0, max_iterations=30)
+    _, by_square = fit(matrix, 1, 2, tolerance=0.0, max_iterations=30, objective="squared")
+    torch.testing.assert_close(
+        by_distance.flatten().sort().values, torch.tensor([0.0, 100.0]), atol=0.01, rtol=0
+    )
+    torch.testing.assert_close(
+        by_square.flatten().sort().values, torch.tensor([1.0, 101.0]), atol=1e-4, rtol=0
+    )
 
 
 def test_rows_of_weight_zero_still_get_their_best_codes() -> None:
@@ -190,6 +208,7 @@ def test_refit_solves_least_squares_exactly() -> None:
         ({"weights": torch.ones(9)}, "9 entries"),
         ({"weights": torch.zeros(10)}, "all zero"),
         ({"beam_size": 0}, "beam_size"),
+        ({"objective": "l1"}, "objective must be one of"),
     ],
 )
 def test_bad_options_are_clear_errors(options: dict[str, Any], message: str) -> None:
@@ -204,3 +223,74 @@ def test_bad_matrix_is_a_clear_error() -> None:
         fit(matrix, 2, 4)
     with pytest.raises(ValueError, match="2-D"):
         fit(torch.randn(10), 2, 4)
+
+
+def inertia(
+    points: torch.Tensor, weights: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
+) -> float:
+    return float((((points - centroids[labels]) ** 2).sum(dim=1) * weights).sum())
+
+
+def anisotropic(rows: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """Heavy-tailed rows with a decaying spectrum and no cluster structure, like embedding residuals."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = 3.0 * torch.rand(rows, 1, generator=generator) ** 4
+    return torch.randn(rows, dim, generator=generator) * 0.95 ** torch.arange(dim) * scale
+
+
+def test_progressive_kmeans_beats_lloyd_from_sampled_seeds_on_anisotropic_data() -> None:
+    points, weights = anisotropic(3000, 64, seed=1), torch.ones(3000)
+    progressive = progressive_kmeans(points, 64, weights, torch.Generator().manual_seed(0), 25)
+    seeds = points[torch.randperm(3000, generator=torch.Generator().manual_seed(0))[:64]]
+    plain = _lloyd(points, seeds, weights, 25)
+    assert inertia(points, weights, *progressive) < 0.985 * inertia(points, weights, *plain)
+
+
+def test_kmeans_finds_the_optimum_of_well_separated_clusters() -> None:
+    # Progressive k-means alone (density seeds) ends 340× above the optimum here; the k-means++ probe finds it.
+    generator = torch.Generator().manual_seed(1)
+    centres = 50.0 * torch.randn(6, 10, generator=generator)
+    labels = torch.arange(6).repeat_interleave(40)
+    points, weights = centres[labels] + torch.randn(240, 10, generator=generator), torch.ones(240)
+    means = torch.stack([points[labels == c].mean(dim=0) for c in range(6)])
+    centroids, assignment = kmeans(points, 6, weights, generator, 25)
+    assert inertia(points, weights, centroids, assignment) == pytest.approx(
+        inertia(points, weights, means, labels), rel=1e-4
+    )
+
+
+def test_progressive_kmeans_is_deterministic_under_a_seed() -> None:
+    points, weights = anisotropic(500, 16), torch.ones(500)
+    runs = [progressive_kmeans(points, 8, weights, torch.Generator().manual_seed(s), 25) for s in (3, 3, 4)]
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=0)
+    assert torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0], runs[2][0])
+
+
+def test_progressive_kmeans_edge_cases() -> None:
+    generator = torch.Generator().manual_seed(5)
+    line = torch.randn(300, 1, generator=generator)  # D = 1
+    centroids, assignment = progressive_kmeans(line, 4, torch.ones(300), generator, 25)
+    assert centroids.shape == (4, 1)
+    assert inertia(line, torch.ones(300), centroids, assignment) < 0.2 * float(
+        (line - line.mean()).pow(2).sum()
+    )
+    few = torch.randn(3, 5, generator=generator)  # fewer points than centroids: each gets its own
+    centroids, assignment = progressive_kmeans(few, 8, torch.ones(3), generator, 25)
+    assert centroids.shape == (8, 5)
+    assert inertia(few, torch.ones(3), centroids, assignment) < 1e-10
+    points = torch.randn(100, 6, generator=generator)  # one centroid: the weighted mean, weight 0 ignored
+    weights = torch.rand(100, generator=generator) * (torch.arange(100) < 50)
+    centroids, assignment = progressive_kmeans(points, 1, weights, generator, 25)
+    torch.testing.assert_close(centroids[0], (weights @ points) / weights.sum(), atol=1e-5, rtol=1e-5)
+    assert bool((assignment == 0).all())
+
+
+def test_dimension_schedule_roughly_doubles_up_to_the_dimension() -> None:
+    assert _dimension_schedule(1) == [1]
+    assert _dimension_schedule(8) == [2, 4, 8]
+    schedule = _dimension_schedule(384)
+    assert schedule[0] <= 2
+    assert schedule[-1] == 384
+    assert len(schedule) == 9
+    assert all(1.5 <= b / a <= 2.5 for a, b in itertools.pairwise(schedule))

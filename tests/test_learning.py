@@ -170,6 +170,22 @@ def test_calibration_counts_become_frequency_weights(recorded: dict[str, Any]) -
     torch.testing.assert_close(recorded["weights"], expected)
 
 
+def test_calibration_makes_the_additive_objective_squared(
+    recorded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(learning.METHODS, "additive", learning.METHODS["fake"])
+    counts = torch.tensor([0.0, 3.0, 1.0, 0.0])
+    compress(torch.randn(4, 3), 2, 4, calibration=counts, progress=False)
+    assert recorded["objective"] == "squared"
+    compress(torch.randn(4, 3), 2, 4, calibration=counts, objective="distance", progress=False)
+    assert recorded["objective"] == "distance"
+    recorded.clear()
+    compress(torch.randn(4, 3), 2, 4, weights=counts + 1, progress=False)
+    assert "objective" not in recorded
+    compress(torch.randn(4, 3), 2, 4, method="fake", calibration=counts, progress=False)
+    assert "objective" not in recorded
+
+
 def test_calibration_texts_are_counted_with_the_tokenizer(recorded: dict[str, Any]) -> None:
     def tokenizer(texts: list[str], **kwargs: object) -> dict[str, list[list[int]]]:
         return {"input_ids": [[int(word) for word in text.split()] for text in texts]}
@@ -263,6 +279,14 @@ def test_an_interrupted_run_resumes_to_the_same_result(method: str, tmp_path: Pa
     resumed = compress(matrix, 4, 8, max_iterations=SHORT[method], checkpoint_dir=tmp_path, **options)
     assert torch.equal(straight.codes, resumed.codes)
     torch.testing.assert_close(straight.codebook, resumed.codebook, rtol=0, atol=0)
+
+
+def test_a_checkpoint_with_other_method_options_is_refused(tmp_path: Path) -> None:
+    matrix = clustered(100, 4)
+    arguments: dict[str, Any] = {"progress": False, "max_iterations": 1, "checkpoint_dir": tmp_path}
+    compress(matrix, 2, 4, **arguments)
+    with pytest.raises(ValueError, match="options"):
+        compress(matrix, 2, 4, objective="squared", **arguments)
 
 
 @pytest.mark.parametrize(

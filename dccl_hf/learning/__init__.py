@@ -61,7 +61,10 @@ def compress(
     `nn.Embedding` (its `padding_idx` is used unless one is given). `weights` (V,) ≥ 0 are row importances, e.g.
     token frequencies: heavier rows are reconstructed better; instead of weights, a `calibration` corpus (texts or
     a text file, tokenized with `tokenizer`) or token counts give weights by token frequency
-    (`dccl_hf.fidelity.row_weights_from_calibration`). `metric` (D, D), positive semi-definite, makes the
+    (`dccl_hf.fidelity.row_weights_from_calibration`), and the additive method then minimises the weighted squared
+    error (``objective="squared"``): a text's embedding error sums its tokens' errors, and frequency-weighted
+    squared error is its expectation (on all-MiniLM-L6-v2 at 128 bits/row, held-out sentence cosine 0.9841 with
+    the distance objective, 0.9868 with the squared one). `metric` (D, D), positive semi-definite, makes the
     error that counts (e − ê)ᵀ·metric·(e − ê), e.g. a model's sensitivity to its input embeddings
     (`dccl_hf.fidelity.embedding_sensitivity`); see `dccl_hf.learning.metric`. The `padding_idx` row gets weight 0
     and decodes to zeros. `time_budget` (seconds) and `max_iterations` bound the run; with `checkpoint_dir` the
@@ -80,6 +83,8 @@ def compress(
         if weights is not None:
             raise TypeError("Pass either calibration (row weights from token counts) or weights, not both.")
         weights = row_weights_from_calibration(tokenizer, calibration, rows, progress=progress)
+        if method == "additive":
+            options.setdefault("objective", "squared")
     row_weights = _row_weights(weights, rows, padding, target)
     transform = None if metric is None else MetricTransform.from_metric(metric, dim, target)
     if transform is not None:
@@ -97,6 +102,7 @@ def compress(
             "matrix_sum": _fingerprint(data),
             "weights_sum": None if row_weights is None else _fingerprint(row_weights.unsqueeze(1)),
             "metric_sum": None if transform is None else _fingerprint(transform.root.float()),
+            "options": dict(sorted(options.items())),
         }
         checkpointer = JobCheckpointer(checkpoint_dir, job)
     logger.info(
