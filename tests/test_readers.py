@@ -65,6 +65,7 @@ def test_glove_text(tmp_path: Path, matrix: np.ndarray) -> None:
     assert_source(source, matrix, WORDS)
     assert source.origin == str(path)
     assert source.shape == (7, 4)
+    assert source.model is None
 
 
 def test_vec_with_header_and_gzip(tmp_path: Path, matrix: np.ndarray) -> None:
@@ -209,6 +210,7 @@ def test_huggingface_model_directory(tmp_path: Path, masked_lm: bool, shard: boo
     source = read_embeddings(tmp_path / "bert")
     assert_source(source, weight, tokens)
     assert "word_embeddings" in source.origin
+    assert source.model == str(tmp_path / "bert")
     assert_source(read_embeddings(tmp_path / "bert", limit=4), weight[:4], tokens[:4])
 
 
