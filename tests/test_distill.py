@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -143,6 +144,47 @@ def test_best_codebook_is_restored_and_time_budget_stops(
         original, compressed, tokenizer, texts, steps=1, lr=1e-12, eval_every=1, progress=False
     )
     assert again.initial_held_out_loss == pytest.approx(report.best_held_out_loss, rel=1e-4)
+
+
+class PadRecorder:
+    """A tokenizer whose `pad` records the token ids of every batch it pads."""
+
+    def __init__(self, tokenizer: BertTokenizerFast) -> None:
+        self.tokenizer = tokenizer
+        self.batches: list[list[list[int]]] = []
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        return self.tokenizer(*args, **kwargs)
+
+    def pad(self, encodings: list[dict[str, list[int]]], **kwargs: object) -> object:
+        self.batches.append([encoding["input_ids"] for encoding in encodings])
+        return self.tokenizer.pad(encodings, **kwargs)
+
+
+def test_default_run_is_one_pass_over_batches_of_similar_length(
+    tokenizer: BertTokenizerFast, texts: list[str]
+) -> None:
+    torch.manual_seed(0)
+    original = BertModel(_config(len(tokenizer)))
+    recorder = PadRecorder(tokenizer)
+    report = distill_codebook(
+        original,
+        _compressed_copy(original),
+        recorder,
+        texts,
+        batch_size=8,
+        held_out_fraction=0.25,
+        progress=False,
+    )
+    held_out, train = recorder.batches[:2], recorder.batches[2:]
+    assert [len(batch) for batch in held_out] == [8, 7]
+    assert report.steps == len(train) == 6  # 45 training texts in batches of 8: one pass
+    every_text = tokenizer(texts, truncation=True, max_length=128)["input_ids"]
+    seen = [ids for batch in recorder.batches for ids in batch]
+    assert sorted(seen) == sorted(every_text)  # each text once: held out or in one training batch
+    lengths = sorted([len(ids) for ids in batch] for batch in train)
+    for shorter, longer in itertools.pairwise(lengths):
+        assert max(shorter) <= min(longer)  # batches are cut from the texts sorted by length
 
 
 def test_inputs_are_validated(tokenizer: BertTokenizerFast, texts: list[str]) -> None:

@@ -136,12 +136,13 @@ def test_max_texts_are_drawn_by_seed(bert: BertModel, tokenizer: BertTokenizerFa
         reads.append(recording.texts)
     for read in reads:
         assert len(read) == 5
-        indices = [texts.index(text) for text in read]
-        assert indices == sorted(set(indices)), indices  # distinct texts, in corpus order
+        assert len(set(read)) == 5
+        assert set(read) <= set(texts)
+        assert [len(text) for text in read] == sorted(len(text) for text in read)  # batches of similar length
     assert reads[0] != reads[1]
     recording = RecordingTokenizer(tokenizer)
     everything = embedding_sensitivity(bert, recording, texts, max_texts=len(texts), **QUIET)
-    assert recording.texts == texts
+    assert sorted(recording.texts) == sorted(texts)
     assert torch.equal(everything, embedding_sensitivity(bert, tokenizer, texts, **QUIET))
 
 

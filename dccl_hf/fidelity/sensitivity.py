@@ -66,7 +66,7 @@ def embedding_sensitivity(
 
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(texts), generator=generator)[:max_texts].tolist()
-    selected = [texts[i] for i in sorted(picks)]
+    selected = sorted((texts[i] for i in picks), key=len)  # batches of similar length carry little padding
     handle = embedding.register_forward_hook(capture)
     metric = torch.zeros((), dtype=torch.float64)
     try:
