@@ -411,7 +411,10 @@ def main() -> None:
     parser.add_argument("--jobs", nargs="+", default=DEFAULT_JOBS, help="PART:BITS to run, in this order")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--compress-budget", type=float, default=120.0, help="seconds of rounds per compress call"
+        "--compress-budget",
+        type=float,
+        default=240.0,
+        help="seconds per compress call, initialisation included",
     )
     parser.add_argument("--max-iterations", type=int, default=None, help="rounds per compress call")
     parser.add_argument("--kmeans-iterations", type=int, default=None, help="k-means iterations of the init")
