@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_text import word_sentences, word_tokenizer
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from tiny_text import WORDS, bert_config, word_sentences, word_tokenizer
+from transformers import BertModel, BertTokenizerFast
 
 from dccl_hf.fidelity.budget import smallest_codes, stored_bytes
-
-WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "blue", "ran", "fast", "house", "tree"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[BertModel, BertTokenizerFast, list[str]]:
     tokenizer = word_tokenizer(tmp_path_factory.mktemp("tokenizer"), WORDS)
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        initializer_range=0.2,
-    )
+    config = bert_config(len(tokenizer), max_position_embeddings=16, initializer_range=0.2)
     texts = word_sentences(WORDS, 20, max_words=8)
     return BertModel(config).eval(), tokenizer, texts
 

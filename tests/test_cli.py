@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tiny_text import word_sentences, word_tokenizer
+from tiny_text import WORDS, bert_config, word_sentences, word_tokenizer
 
 import dccl_hf.learning
 from dccl_hf.cli import main
@@ -313,26 +313,17 @@ def test_calibration_file_weights_the_words_it_mentions(
 @pytest.fixture
 def bert(tmp_path: Path) -> Path:
     """A tiny BERT model directory with a word-level tokenizer over WORDS."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     directory = tmp_path / "bert"
     directory.mkdir()
     tokenizer = word_tokenizer(directory, WORDS)
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    BertModel(config).save_pretrained(directory)
+    BertModel(bert_config(len(tokenizer))).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
 
-WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "blue", "ran", "fast", "house", "tree"]
 MODEL_FAST = ["-M", "2", "-K", "4", "--max-iterations", "2", "--device", "cpu"]
 
 

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from tiny_text import word_sentences, word_tokenizer
+from tiny_text import bert_config, word_sentences, word_tokenizer
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast, PreTrainedModel
 
@@ -49,14 +49,8 @@ def texts() -> list[str]:
 
 
 def _config(vocab_size: int) -> BertConfig:
-    return BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        initializer_range=0.2,
+    return bert_config(
+        vocab_size, hidden_size=32, num_hidden_layers=2, intermediate_size=64, initializer_range=0.2
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_text import word_sentences, word_tokenizer
+from tiny_text import WORDS, bert_config, word_sentences, word_tokenizer
 from transformers import (
     BertConfig,
     BertModel,
@@ -23,7 +23,6 @@ from transformers import (
 import dccl_hf
 import dccl_hf.integration.model as integration_model
 
-WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "big", "red", "blue", "ran", "fast", "house", "tree"]
 FILLER = [f"filler{index}" for index in range(400)]
 
 
@@ -46,16 +45,7 @@ def mean_pooled(model: BertModel, tokenizer: BertTokenizerFast, texts: list[str]
 
 def small_bert(vocab_size: int) -> BertModel:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        initializer_range=0.5,
-    )
-    return BertModel(config).eval()
+    return BertModel(bert_config(vocab_size, initializer_range=0.5)).eval()
 
 
 def causal_lm(kind: str, vocab_size: int) -> PreTrainedModel:
@@ -92,15 +82,7 @@ QUICK: dict[str, Any] = {"seed": 0, "max_iterations": 2, "progress": False, "dis
 
 def test_calibration_and_distillation_beat_plain_codes(tokenizer: BertTokenizerFast) -> None:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        initializer_range=0.5,
-    )
+    config = bert_config(len(tokenizer), hidden_size=32, intermediate_size=64, initializer_range=0.5)
     original = BertModel(config).eval()
     held_out = sentences(40, seed=1)
     reference = mean_pooled(original, tokenizer, held_out)
