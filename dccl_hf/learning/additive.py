@@ -265,8 +265,9 @@ def _distance_floor(distances: torch.Tensor, row_weights: torch.Tensor) -> torch
 # Building blocks: decoding, k-means, beam search, ICM, perturbation, least-squares refit.
 
 
-def _chunk_size(elements_per_row: int) -> int:
-    return max(1, CHUNK_ELEMENTS // max(1, elements_per_row))
+def _chunk_size(elements_per_row: int, budget: int = CHUNK_ELEMENTS) -> int:
+    """Rows per chunk so that a chunk's work tensors hold at most `budget` elements."""
+    return max(1, budget // max(1, elements_per_row))
 
 
 def decode(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -434,7 +435,7 @@ def _assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centroid of every point, in cache-sized chunks (2.4× faster than 8M-element chunks
     for K=256 in 7 dimensions, the early stages of `progressive_kmeans`)."""
     norms = (centroids**2).sum(dim=1)
-    size = max(1, ASSIGN_CHUNK_ELEMENTS // centroids.shape[0])
+    size = _chunk_size(centroids.shape[0], ASSIGN_CHUNK_ELEMENTS)
     parts = [
         torch.addmm(norms, points[i : i + size], centroids.T, alpha=-2.0).argmin(dim=1)
         for i in range(0, points.shape[0], size)
