@@ -16,7 +16,7 @@ square root of the Zipf count).
 WordSim-353 / SimLex-999 Spearman over pairs whose words are both in the vocabulary, and Google analogy accuracy
 (3CosAdd) restricted to the 30,000 most frequent words (gensim's usual `restrict_vocab`).
 
-Usage: python benchmarks/fidelity.py [--jobs PART:BITS ...] [--threads N] [--compress-budget S] [--distill-budget S]
+Usage: python benchmarks/fidelity.py [--jobs PART:BITS ...] [--threads N] [--compress-budget S] [--distill-steps N]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import token_counts, zipf_weights
-from dccl_hf.fidelity.distill import distill_codebook
+from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS, distill_codebook
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 from dccl_hf.learning import compress
 
@@ -285,6 +285,7 @@ class MiniLM:
                 self.calibration,
                 loss=self.args.loss,
                 lr=self.args.lr,
+                steps=self.args.distill_steps,
                 time_budget=self.args.distill_budget,
                 progress=False,
             )
@@ -418,7 +419,15 @@ def main() -> None:
     )
     parser.add_argument("--max-iterations", type=int, default=None, help="rounds per compress call")
     parser.add_argument("--kmeans-iterations", type=int, default=None, help="k-means iterations of the init")
-    parser.add_argument("--distill-budget", type=float, default=300.0, help="seconds per distillation")
+    parser.add_argument(
+        "--distill-steps",
+        type=int,
+        default=None,
+        help=f"steps per distillation (default: the library's, at most {DEFAULT_MAX_STEPS})",
+    )
+    parser.add_argument(
+        "--distill-budget", type=float, default=None, help="seconds per distillation (default: no limit)"
+    )
     parser.add_argument("--loss", default="hidden", choices=["hidden", "pooled"], help="distillation loss")
     parser.add_argument(
         "--lr", type=float, default=None, help="distillation learning rate (default: automatic)"

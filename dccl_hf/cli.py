@@ -18,6 +18,7 @@ import torch
 from dccl_hf import learning
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import row_weights_from_calibration, weights_from_counts, word_counts
+from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS
 from dccl_hf.files import write_file_atomic
 from dccl_hf.formats import load_reference, save_reference
 from dccl_hf.metrics import reconstruction_report
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="stop the codebook distillation after about this many seconds (default: one pass over the "
-        "calibration text, at most 300 steps)",
+        f"calibration text, at most {DEFAULT_MAX_STEPS} steps)",
     )
     compress.add_argument(
         "--padding-idx", type=int, metavar="ROW", help="row kept exactly zero (e.g. a padding token)"

@@ -7,6 +7,7 @@ import torch
 from tiny_text import WORDS, bert_config, word_sentences, word_tokenizer
 from transformers import BertModel, BertTokenizerFast
 
+from dccl_hf.fidelity import budget
 from dccl_hf.fidelity.budget import smallest_codes, stored_bytes
 
 
@@ -83,3 +84,27 @@ def test_bad_arguments_are_rejected(
         smallest_codes(model, tokenizer, texts, progress=False, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least 4 texts"):
         smallest_codes(model, tokenizer, texts[:2], progress=False)
+
+
+def test_codes_are_calibrated_like_compress_with_calibration(
+    setup: tuple[BertModel, BertTokenizerFast, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidates get token counts as `calibration=`, hence the squared objective, not bare `weights=`."""
+    model, tokenizer, texts = setup
+    calls: list[dict[str, object]] = []
+    compress = budget.compress
+
+    def recording_compress(matrix: torch.Tensor, *args: object, **kwargs: object) -> object:
+        calls.append(kwargs)
+        return compress(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(budget, "compress", recording_compress)
+    smallest_codes(
+        model, tokenizer, texts, candidates=[(2, 4)], distill=False, max_iterations=1, progress=False
+    )
+    (kwargs,) = calls
+    assert "weights" not in kwargs
+    counts = kwargs["calibration"]
+    assert isinstance(counts, torch.Tensor)
+    assert counts.shape == (len(tokenizer),)
+    assert float(counts[tokenizer.cls_token_id]) > 0

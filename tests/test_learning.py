@@ -9,6 +9,7 @@ from torch import nn
 
 import dccl_hf.learning as learning
 from dccl_hf import CompressedEmbedding
+from dccl_hf.fidelity.calibration import weights_from_counts
 from dccl_hf.learning import compress, iter_row_chunks, load_matrix, resolve_device
 
 CPU = torch.device("cpu")
@@ -164,10 +165,7 @@ def test_methods_get_the_matrix_weights_and_options(recorded: dict[str, Any]) ->
 def test_calibration_counts_become_frequency_weights(recorded: dict[str, Any]) -> None:
     counts = torch.tensor([0.0, 3.0, 1.0, 0.0, 7.0, 1.0])
     compress(torch.randn(6, 3), 2, 4, method="fake", calibration=counts, progress=False)
-    expected = (counts + 1.0) / (
-        counts + 1.0
-    ).mean()  # fidelity.weights_from_counts: (count + 1) ** 1, mean 1
-    torch.testing.assert_close(recorded["weights"], expected)
+    torch.testing.assert_close(recorded["weights"], weights_from_counts(counts))
 
 
 def test_calibration_makes_the_additive_objective_squared(
@@ -200,7 +198,7 @@ def test_calibration_texts_are_counted_with_the_tokenizer(recorded: dict[str, An
         progress=False,
     )
     counts = torch.tensor([0.0, 3.0, 0.0, 1.0])
-    torch.testing.assert_close(recorded["weights"], (counts + 1.0) / (counts + 1.0).mean())
+    torch.testing.assert_close(recorded["weights"], weights_from_counts(counts))
 
 
 def test_calibration_conflicts_and_missing_tokenizer_are_clear_errors() -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.fidelity.calibration import row_weights_from_calibration
+from dccl_hf.fidelity.calibration import token_counts
 from dccl_hf.fidelity.distill import distill_codebook
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 from dccl_hf.learning import compress
@@ -100,7 +100,7 @@ def smallest_codes(
 
     An `eval_fraction` of `texts` is held out for scoring (mean cosine between the original and compressed models'
     mean-pooled final hidden states, with the codebook rounded to `codebook_dtype` as it would be stored); the rest
-    calibrates the row weights, with `sensitivity` measures the metric the codes are learned under
+    calibrates the codes as `compress(..., calibration=token counts)` does (frequency weights, squared error), with `sensitivity` measures the metric the codes are learned under
     (`embedding_sensitivity` of the pooled sentence embedding), and with `distill` trains the codebook (`distill_options` go to
     `distill_codebook`, `compress_options` to `dccl_hf.compress`). Candidates are tried in order of stored bytes.
     Returns the winner (None when no candidate meets the target) and every result measured. `model` is unchanged.
@@ -127,7 +127,7 @@ def smallest_codes(
     train_texts = [texts[i] for i in order[num_eval:]]
     model.eval()
     reference = sentence_embeddings(model, tokenizer, eval_texts)
-    weights = row_weights_from_calibration(tokenizer, train_texts, vocab_size, progress=progress)
+    counts = token_counts(tokenizer, train_texts, vocab_size, progress=progress)
     options = {"padding_idx": getattr(dense, "padding_idx", None), "seed": seed, "progress": progress}
     if sensitivity:
         options["metric"] = embedding_sensitivity(
@@ -137,7 +137,9 @@ def smallest_codes(
     ranked = sorted(candidates, key=lambda shape: stored_bytes(vocab_size, dim, *shape, codebook_dtype))
     results: list[BudgetResult] = []
     for num_codebooks, codebook_size in ranked:
-        compressed = compress(dense.weight.detach(), num_codebooks, codebook_size, weights=weights, **options)
+        compressed = compress(
+            dense.weight.detach(), num_codebooks, codebook_size, calibration=counts, **options
+        )
         student = copy.deepcopy(model)
         student.set_input_embeddings(compressed.to(dense.weight.device))
         if distill:
