@@ -100,9 +100,10 @@ def smallest_codes(
 
     An `eval_fraction` of `texts` is held out for scoring (mean cosine between the original and compressed models'
     mean-pooled final hidden states, with the codebook rounded to `codebook_dtype` as it would be stored); the rest
-    calibrates the codes as `compress(..., calibration=token counts)` does (frequency weights, squared error), with `sensitivity` measures the metric the codes are learned under
-    (`embedding_sensitivity` of the pooled sentence embedding), and with `distill` trains the codebook (`distill_options` go to
-    `distill_codebook`, `compress_options` to `dccl_hf.compress`). Candidates are tried in order of stored bytes.
+    calibrates the codes as `compress(..., calibration=token counts)` does (frequency weights, squared error), with
+    `sensitivity` measures the metric the codes are learned under (`embedding_sensitivity` of the pooled sentence
+    embedding), and with `distill` trains the codebook (`distill_options` go to `distill_codebook`,
+    `compress_options` to `dccl_hf.compress`). Candidates are tried in order of stored bytes.
     Returns the winner (None when no candidate meets the target) and every result measured. `model` is unchanged.
     """
     if not 0 < target <= 1:
