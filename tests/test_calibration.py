@@ -60,6 +60,12 @@ def test_all_calibration_forms_give_the_same_weights(tokenizer: BertTokenizerFas
     )
 
 
+def test_default_weights_are_smoothed_counts_to_the_three_quarters_normalised() -> None:
+    counts = torch.tensor([0.0, 3.0, 1.0, 0.0, 7.0, 1.0])
+    flattened = (counts + 1.0) ** 0.75
+    torch.testing.assert_close(weights_from_counts(counts), flattened / flattened.mean())
+
+
 def test_power_flattens_and_smoothing_lifts_unseen_rows() -> None:
     counts = torch.tensor([1000.0, 10.0, 0.0])
     steep = weights_from_counts(counts, smoothing=1.0, power=1.0)
