@@ -136,8 +136,9 @@ def measure(
     rows: int | None,
     threads: int | None,
     time_budget: float | None = None,
+    timeout: float | None = None,
 ) -> Result:
-    """Run one method in a subprocess, sampling its resident memory until it exits."""
+    """Run one method in a subprocess, sampling its resident memory until it exits or runs out of `timeout`."""
     import psutil
 
     spec = {
@@ -154,7 +155,12 @@ def measure(
         process = subprocess.Popen(command)
         watched = psutil.Process(process.pid)
         peak = 0
+        start = time.monotonic()
         while process.poll() is None:
+            if timeout is not None and time.monotonic() - start > timeout:
+                process.kill()
+                process.wait()
+                return Result(dataset, setting, method, note=f"timed out after {timeout:.0f} s")
             try:
                 peak = max(peak, watched.memory_info().rss)
             except psutil.NoSuchProcess:
@@ -217,6 +223,13 @@ def main() -> None:
         help="run our methods with their default stopping rule instead of a time budget equal to the wall "
         "time of the best faiss run of the same setting",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1200.0,
+        help="seconds after which a run is stopped and reported as timed out (default 1200; faiss LSQ at "
+        "K=256 can take hours); 0 for no limit",
+    )
     parser.add_argument("--output", type=Path, help="also write the table (with the command) to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
@@ -237,7 +250,7 @@ def main() -> None:
                 faiss_runs = [r for r in group if r.method in FAISS_METHODS and r.distance is not None]
                 if args.equal_time and method not in FAISS_METHODS and faiss_runs:
                     budget = min(faiss_runs, key=lambda r: r.distance or 0.0).seconds
-                result = measure(dataset, setting, method, rows, args.threads, budget)
+                result = measure(dataset, setting, method, rows, args.threads, budget, args.timeout or None)
                 if budget is not None:
                     result.note = f"time budget {budget:.1f} s {result.note}".strip()
                 print(f"  {result}", flush=True)

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import torch
 
+from dccl_hf.learning import additive
 from dccl_hf.learning.additive import (
     _dimension_schedule,
     _lloyd,
+    beam_search,
     decode,
     fit_additive,
     kmeans,
@@ -179,6 +181,33 @@ def test_time_budget_and_zero_iterations_still_return_valid_codes() -> None:
     for options in ({"time_budget": 1e-9}, {"max_iterations": 0}):
         codes, codebook = fit(matrix, 3, 8, **options)
         check_valid(codes, codebook, 400, 3, 8, 8)
+
+
+@pytest.mark.parametrize("lookup_tables", [True, False])
+def test_exhaustive_beam_search_finds_the_best_codes(
+    lookup_tables: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A beam as wide as all K^M code combinations is exhaustive search, whichever way it scores."""
+    monkeypatch.setattr(additive, "_uses_lookup_tables", lambda *_: lookup_tables)
+    generator = torch.Generator().manual_seed(6)
+    matrix = torch.randn(50, 5, generator=generator)
+    codebook = torch.randn(3, 4, 5, generator=generator)
+    every = torch.tensor(list(itertools.product(range(4), repeat=3)))
+    errors = torch.cdist(matrix, decode(every, codebook))
+    expected = errors.min(dim=1).values
+    found = row_distances(matrix, beam_search(matrix, codebook, 64), codebook)
+    torch.testing.assert_close(found, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lookup_tables_and_residuals_give_the_same_beam_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(7)
+    matrix = torch.randn(300, 12, generator=generator)
+    codebook = 0.5 * torch.randn(6, 8, 12, generator=generator)
+    results = []
+    for lookup_tables in (True, False):
+        monkeypatch.setattr(additive, "_uses_lookup_tables", lambda *_, use=lookup_tables: use)
+        results.append(beam_search(matrix, codebook, 5))
+    assert torch.equal(results[0], results[1])
 
 
 def test_statistics_of_row_shards_add_up_to_those_of_all_rows() -> None:
