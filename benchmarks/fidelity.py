@@ -44,6 +44,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.fidelity.budget import sentence_embeddings
 from dccl_hf.fidelity.calibration import token_counts, zipf_weights
 from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS, distill_codebook
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
@@ -166,24 +167,6 @@ def stored_ratio(compressed: CompressedEmbedding, dtype: torch.dtype) -> float:
     return dense / (compressed.code_bytes + compressed.codebook.numel() * dtype.itemsize)
 
 
-def mean_pooled(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sentences: list[str], batch_size: int = 64
-) -> torch.Tensor:
-    """Mean-pooled final hidden states, the sentence embedding of all-MiniLM-L6-v2."""
-    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
-    pooled = torch.empty(len(sentences), model.config.hidden_size)
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = tokenizer(
-                [sentences[i] for i in chunk], padding=True, truncation=True, return_tensors="pt"
-            )
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled[chunk] = (hidden * mask).sum(1) / mask.sum(1)
-    return pooled
-
-
 def swapped(model: PreTrainedModel, embedding: CompressedEmbedding) -> PreTrainedModel:
     student = copy.deepcopy(model)
     student.set_input_embeddings(embedding)
@@ -199,7 +182,7 @@ def cosine_summary(
 ) -> str:
     """Mean / 5th percentile cosine between `model`'s sentence embeddings and the reference ones."""
     cosine = torch.nn.functional.cosine_similarity(
-        mean_pooled(model, tokenizer, sentences), reference, dim=-1
+        sentence_embeddings(model, tokenizer, sentences), reference, dim=-1
     )
     return f"{float(cosine.mean()):.{digits}f} / {float(cosine.quantile(0.05)):.{digits}f}"
 
@@ -246,7 +229,7 @@ class MiniLM:
             f"sentences ({len(stdlib_calibration)} stdlib, {len(third_party)} third-party), "
             f"{len(self.held_out)} held-out sentences (other stdlib packages)"
         )
-        self.reference = mean_pooled(self.model, self.tokenizer, self.held_out)
+        self.reference = sentence_embeddings(self.model, self.tokenizer, self.held_out)
         self.counts = token_counts(
             self.tokenizer, self.calibration, self.dense.num_embeddings, progress=False
         )

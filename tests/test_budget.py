@@ -8,7 +8,7 @@ from tiny_text import WORDS, bert_config, word_sentences, word_tokenizer
 from transformers import BertModel, BertTokenizerFast
 
 from dccl_hf.fidelity import budget
-from dccl_hf.fidelity.budget import smallest_codes, stored_bytes
+from dccl_hf.fidelity.budget import sentence_embeddings, smallest_codes, stored_bytes
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[BertModel, BertToke
     config = bert_config(len(tokenizer), max_position_embeddings=16, initializer_range=0.2)
     texts = word_sentences(WORDS, 20, max_words=8)
     return BertModel(config).eval(), tokenizer, texts
+
+
+def test_sentence_embeddings_are_mean_pooled_per_text_in_the_order_given(
+    setup: tuple[BertModel, BertTokenizerFast, list[str]],
+) -> None:
+    model, tokenizer, texts = setup
+    pooled = sentence_embeddings(model, tokenizer, texts, batch_size=3)
+    for index in (0, 7, len(texts) - 1):
+        batch = tokenizer(texts[index], return_tensors="pt")
+        with torch.no_grad():
+            alone = model(**batch).last_hidden_state[0].mean(dim=0)
+        torch.testing.assert_close(pooled[index], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_smallest_candidate_meeting_the_target_wins(

@@ -22,6 +22,7 @@ from transformers import (
 
 import dccl_hf
 import dccl_hf.integration.model as integration_model
+from dccl_hf.fidelity.budget import sentence_embeddings
 
 FILLER = [f"filler{index}" for index in range(400)]
 
@@ -33,14 +34,6 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
 
 def sentences(count: int, seed: int) -> list[str]:
     return word_sentences(WORDS, count, seed=seed)
-
-
-def mean_pooled(model: BertModel, tokenizer: BertTokenizerFast, texts: list[str]) -> torch.Tensor:
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1)
 
 
 def small_bert(vocab_size: int) -> BertModel:
@@ -85,12 +78,12 @@ def test_calibration_and_distillation_beat_plain_codes(tokenizer: BertTokenizerF
     config = bert_config(len(tokenizer), hidden_size=32, intermediate_size=64, initializer_range=0.5)
     original = BertModel(config).eval()
     held_out = sentences(40, seed=1)
-    reference = mean_pooled(original, tokenizer, held_out)
+    reference = sentence_embeddings(original, tokenizer, held_out)
 
     def fidelity(**options: object) -> float:
         model = copy.deepcopy(original)
         model.resize_with_codes(2, 4, seed=0, max_iterations=3, progress=False, **options)
-        pooled = mean_pooled(model.eval(), tokenizer, held_out)
+        pooled = sentence_embeddings(model.eval(), tokenizer, held_out)
         return torch.nn.functional.cosine_similarity(pooled, reference).mean().item()
 
     calibration = sentences(120, seed=2)

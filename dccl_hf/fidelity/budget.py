@@ -66,18 +66,21 @@ def stored_bytes(
 def sentence_embeddings(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 64
 ) -> torch.Tensor:
-    """Mean-pooled final hidden states of `texts` (float32, on the model's device)."""
+    """Mean-pooled final hidden states of `texts` (float32, on the model's device), in the order given.
+
+    Batches are formed from texts of similar length, so little of each batch is padding.
+    """
     device = next(model.parameters()).device
-    pooled = []
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    pooled = torch.empty(len(texts), model.config.hidden_size, device=device)
     with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
-            )
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, return_tensors="pt")
             hidden = model(**batch.to(device), output_hidden_states=True).hidden_states[-1].float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled.append((hidden * mask).sum(1) / mask.sum(1))
-    return torch.cat(pooled)
+            pooled[chunk] = (hidden * mask).sum(1) / mask.sum(1)
+    return pooled
 
 
 def smallest_codes(
