@@ -271,15 +271,16 @@ def _chunk_size(elements_per_row: int, budget: int = CHUNK_ELEMENTS) -> int:
 
 
 def decode(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Σ_m codebook[m, codes[:, m]] for a chunk of rows: (n, M) codes → (n, D)."""
+    """Σ_m codebook[m, codes[:, m]]: (n, M) codes → (n, D), summed as bags (no (n, M, D) intermediate)."""
     num_codebooks, codebook_size, _ = codebook.shape
     offsets = torch.arange(num_codebooks, device=codes.device) * codebook_size
-    return codebook.reshape(num_codebooks * codebook_size, -1)[codes + offsets].sum(dim=1)
+    flat = codebook.reshape(num_codebooks * codebook_size, -1)
+    return torch.nn.functional.embedding_bag(codes + offsets, flat, mode="sum")
 
 
 def row_distances(matrix: torch.Tensor, codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """||e_i − ê_i||₂ for every row, computed in row chunks."""
-    size = _chunk_size(codebook.shape[0] * matrix.shape[1])
+    size = _chunk_size(2 * matrix.shape[1])
     parts = [
         torch.linalg.vector_norm(matrix[i : i + size] - decode(codes[i : i + size], codebook), dim=1)
         for i in range(0, matrix.shape[0], size)
