@@ -6,7 +6,7 @@ euclidean distance (mean over rows of ||e_i − ê_i||₂, from hard codes), rel
 (Σ||E−Ê||² / Σ||E||²), wall time of learning + encoding, peak RSS, and the ratio of our default method to
 the best faiss result of the same setting. Target: distance ratio ≤ 0.90 in no more wall time.
 
-    python benchmarks/reconstruction.py                       # everything (hours on 2 cores)
+    python benchmarks/reconstruction.py                       # everything (~1 h 45 min on one thread)
     python benchmarks/reconstruction.py --datasets glove --settings 32x16 --rows 5000 --methods ours rq16
 """
 
