@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dccl_hf.learning.additive import icm, solve_codebook, sufficient_statistics
+from dccl_hf.learning.additive import decode, icm, solve_codebook, sufficient_statistics
 from dccl_hf.learning.checkpoint import Checkpointer
 from dccl_hf.packing import bits_per_code
 
@@ -87,8 +87,7 @@ class CodeAutoencoder(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Σ_m A[m·K + codes[:, m]] for hard codes (B, M)."""
-        offsets = torch.arange(self.num_codebooks, device=codes.device) * self.codebook_size
-        return F.embedding_bag(codes + offsets, self.codebook, mode="sum")
+        return decode(codes, self.codebook.view(self.num_codebooks, self.codebook_size, -1))
 
 
 @dataclass
