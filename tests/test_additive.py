@@ -183,6 +183,30 @@ def test_time_budget_and_zero_iterations_still_return_valid_codes() -> None:
         check_valid(codes, codebook, 400, 3, 8, 8)
 
 
+def test_round_cost_narrows_the_beam_to_fit_and_learns_from_measurements() -> None:
+    cost = additive._RoundCost(beam=40.0, rest=5.0)
+    assert cost.widest_beam(64, 100.0) == 64
+    assert cost.widest_beam(64, 30.0) == 32  # 1.1 · (5 + 40 · 32/64) = 27.5 s fits, 64 does not
+    assert cost.widest_beam(64, 6.0) == 0  # only a round without beam search fits
+    assert cost.widest_beam(64, 5.0) is None
+    assert cost.measured(16, 64, beam_seconds=5.0, rest_seconds=3.0) == additive._RoundCost(20.0, 3.0)
+    assert cost.measured(0, 64, beam_seconds=0.0, rest_seconds=4.0) == additive._RoundCost(40.0, 4.0)
+
+
+def test_rounds_that_do_not_fit_the_budget_run_without_beam_search(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    matrix = clustered()
+    initial = mean_distance(matrix, *fit(matrix, 3, 8, max_iterations=0))
+    # A beam search that would take days: every round must leave it out to fit the hour.
+    monkeypatch.setattr(additive._RoundCost, "probe", staticmethod(lambda *_: additive._RoundCost(1e6, 0.0)))
+    with caplog.at_level("INFO", logger=additive.__name__):
+        codes, codebook = fit(matrix, 3, 8, time_budget=3600.0, max_iterations=3)
+    check_valid(codes, codebook, 400, 3, 8, 8)
+    assert "Round 1 with beam 0 to fit the time budget" in caplog.text
+    assert mean_distance(matrix, codes, codebook) <= initial
+
+
 @pytest.mark.parametrize("lookup_tables", [True, False])
 def test_exhaustive_beam_search_finds_the_best_codes(
     lookup_tables: bool, monkeypatch: pytest.MonkeyPatch

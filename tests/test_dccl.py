@@ -177,6 +177,26 @@ def test_time_budget_stops_the_run() -> None:
     assert bool(torch.isfinite(codebook).all())
 
 
+def test_time_budget_keeps_time_for_the_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    matrix = clustered(2000, 4)
+    options: dict[str, Any] = {"progress": False, "max_epochs": 2}
+    untrained = fit_dccl(matrix, 2, 4, max_iterations=0, **options)
+    assert not torch.equal(fit_dccl(matrix, 2, 4, time_budget=60.0, **options)[0], untrained[0])
+    estimates = []
+    estimate = dccl._export_time
+
+    def export_takes_a_minute(*args: Any) -> float:
+        estimates.append(estimate(*args))
+        return 60.0
+
+    monkeypatch.setattr(dccl, "_export_time", export_takes_a_minute)
+    budgeted = fit_dccl(matrix, 2, 4, time_budget=60.0, **options)
+    assert len(estimates) == 1
+    assert estimates[0] > 0
+    assert torch.equal(budgeted[0], untrained[0]), "a budget the export needs whole leaves no training step"
+    assert torch.equal(budgeted[1], untrained[1])
+
+
 def test_weights_favour_heavy_rows_and_skip_zero_weight_rows(tmp_path: Path) -> None:
     # Heavy rows cluster in dims 0-2, light rows in dims 3-5: 8 codewords cannot serve all 16 clusters.
     generator = torch.Generator().manual_seed(0)

@@ -157,7 +157,9 @@ def test_methods_get_the_matrix_weights_and_options(recorded: dict[str, Any]) ->
     compress(matrix, 2, 4, method="fake", weights=np.arange(6.0), time_budget=5.0, max_iterations=3, beam=7)
     assert recorded["matrix"].data_ptr() == matrix.data_ptr()
     assert torch.equal(recorded["weights"], torch.arange(6.0))
-    assert (recorded["time_budget"], recorded["max_iterations"], recorded["beam"]) == (5.0, 3, 7)
+    assert (recorded["max_iterations"], recorded["beam"]) == (3, 7)
+    # The method gets what is left of the budget after reading and checking the matrix.
+    assert 4.0 < recorded["time_budget"] <= 5.0
     assert recorded["checkpointer"] is None
     assert isinstance(recorded["generator"], torch.Generator)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,6 +71,7 @@ def compress(
     and decodes to zeros. `time_budget` (seconds) and `max_iterations` bound the run; with `checkpoint_dir` the
     run saves its state there and a rerun of the same job resumes from it. `options` go to the method (see `METHODS`).
     """
+    started = time.monotonic()
     fit = _method(method)
     _check_arguments(num_codebooks, codebook_size, seed, time_budget, max_iterations)
     if padding_idx is None and isinstance(matrix, nn.Embedding):
@@ -122,7 +124,8 @@ def compress(
         generator=generator,
         checkpointer=checkpointer,
         progress=progress,
-        time_budget=time_budget,
+        # Reading, checking and weighting the matrix count against the budget too.
+        time_budget=None if time_budget is None else max(0.0, time_budget - (time.monotonic() - started)),
         max_iterations=max_iterations,
         **options,
     )

@@ -46,6 +46,8 @@ GUMBEL_EPS = 1e-20
 REFIT_RIDGE = 1e-6
 #: ICM sweeps (each followed by a codebook refit) applied to the exported codes by default.
 DEFAULT_POLISH_ROUNDS = 3
+#: Rows exported ahead of training to estimate how much of a time budget the export needs.
+EXPORT_PROBE_ROWS = 2048
 
 
 class CodeAutoencoder(nn.Module):
@@ -85,9 +87,13 @@ class CodeAutoencoder(nn.Module):
         """Argmax codes (B, M) int64."""
         return self.logits(rows).argmax(dim=-1)
 
+    def codebooks(self) -> torch.Tensor:
+        """The decoder's A as M codebooks (M, K, D), a view of the trained parameter."""
+        return self.codebook.view(self.num_codebooks, self.codebook_size, -1)
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Σ_m A[m·K + codes[:, m]] for hard codes (B, M)."""
-        return decode(codes, self.codebook.view(self.num_codebooks, self.codebook_size, -1))
+        return decode(codes, self.codebooks())
 
 
 @dataclass
@@ -139,7 +145,8 @@ def fit_dccl(
     loss); zero-weight rows are not trained on but still get codes. Up to `validation_size` rows (at most a
     tenth of them) are held out to pick the best epoch by hard-code mean euclidean distance. Training stops after
     `max_epochs`, after `patience` epochs without a `min_improvement` relative gain, once `max_iterations`
-    steps have run in total, or when `time_budget` seconds of this call are spent. With a `checkpointer` the
+    steps have run in total, or when `time_budget` seconds of this call are spent (the export's share of it is
+    estimated beforehand by exporting a sample, so the whole call fits the budget). With a `checkpointer` the
     state is saved every `checkpoint_every` seconds, after every epoch and on Ctrl-C; a rerun resumes it.
     With `refit_codebook` the exported codebook is the exact least-squares minimiser of the paper's loss for the
     exported hard codes (A was trained for soft samples); False exports A as the reference does. Each of the
@@ -173,17 +180,57 @@ def fit_dccl(
     schedule = _Schedule(
         batch_size, tau, max_grad_norm, max_epochs, patience, min_improvement, checkpoint_every
     )
+    row_weights = torch.ones(rows, device=device) if loss_weights is None else loss_weights
+    if time_budget is not None:
+        start = time.monotonic()
+        reserve = _export_time(model, matrix, row_weights, refit_codebook, polish_rounds)
+        time_budget = max(0.0, time_budget - reserve - (time.monotonic() - start))
+        logger.debug("DCCL keeps %.1f s of its time budget for the export", reserve)
     trainer.run(schedule, max_iterations, time_budget, progress)
     _select_final_model(state, model, matrix, loss_weights)
+    return _export(model, matrix, row_weights, refit_codebook, polish_rounds)
+
+
+def _export(
+    model: CodeAutoencoder,
+    matrix: torch.Tensor,
+    row_weights: torch.Tensor,
+    refit_codebook: bool,
+    polish_rounds: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The argmax codes and the codebook, refit and polished as `fit_dccl` documents."""
     codes = export_codes(model, matrix)
-    codebook = model.codebook.detach().view(num_codebooks, codebook_size, dim).clone()
-    row_weights = torch.ones(rows, device=device) if loss_weights is None else loss_weights
+    codebook = model.codebooks().detach().clone()
     if refit_codebook or polish_rounds:
         codebook = _refit(matrix, codes, row_weights, codebook)
     for _ in range(polish_rounds):
         codes = icm(matrix, codes, codebook, 1)
         codebook = _refit(matrix, codes, row_weights, codebook)
     return codes, codebook
+
+
+def _export_time(
+    model: CodeAutoencoder,
+    matrix: torch.Tensor,
+    row_weights: torch.Tensor,
+    refit_codebook: bool,
+    polish_rounds: int,
+) -> float:
+    """Seconds `_export` will take on all rows, extrapolated from exporting a sample, so that a time budget
+    covers the export too. The codebook solves cost the same for any number of rows and are not scaled."""
+    probe = min(matrix.shape[0], EXPORT_PROBE_ROWS)
+    start = time.monotonic()
+    _export(model, matrix[:probe], row_weights[:probe], refit_codebook, polish_rounds)
+    probe_time = time.monotonic() - start
+    solves = polish_rounds + 1 if refit_codebook or polish_rounds else 0
+    solve_time = 0.0
+    if solves:
+        start = time.monotonic()
+        codes = torch.zeros(probe, model.num_codebooks, dtype=torch.long, device=matrix.device)
+        _refit(matrix[:probe], codes, row_weights[:probe], model.codebooks().detach())
+        solve_time = time.monotonic() - start
+    rows_time = max(0.0, probe_time - solves * solve_time) * matrix.shape[0] / probe
+    return 1.1 * (rows_time + solves * solve_time)
 
 
 def _refit(
