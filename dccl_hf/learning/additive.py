@@ -151,7 +151,8 @@ def fit_additive(
     while state.iteration < max_iterations and state.stalled < patience:
         width, share = beam_size, 1.0
         if cost is not None and time_budget is not None:
-            fitting = cost.widest_beam(beam_size, time_budget - (time.monotonic() - start + offset))
+            # 1% of the budget stays for the caller's work after the last round (packing the codes).
+            fitting = cost.widest_beam(beam_size, 0.99 * time_budget - (time.monotonic() - start + offset))
             if fitting is None:
                 logger.info("Stopping: another round would exceed the time budget of %.1f s", time_budget)
                 break
