@@ -261,29 +261,30 @@ def main() -> None:
         args.worker_output.write_text(json.dumps(result))
         return
     results = []
-    scratch = tempfile.TemporaryDirectory()
-    # faiss first, so that our methods can be given the best faiss run's wall time as their time budget.
-    methods = sorted(args.methods, key=lambda method: method not in FAISS_METHODS)
-    for dataset in args.datasets:
-        rows = args.rows if args.rows is not None else DEFAULT_ROWS.get(dataset)
-        if dataset not in DATASETS:
-            dataset = materialise(dataset, rows, Path(scratch.name))
-            rows = None
-        for setting in args.settings:
-            group: list[Result] = []
-            for method in methods:
-                budget = None
-                faiss_runs = [r for r in group if r.method in FAISS_METHODS and r.distance is not None]
-                if args.equal_time and method not in FAISS_METHODS and faiss_runs:
-                    budget = min(faiss_runs, key=lambda r: r.distance or 0.0).seconds
-                result = measure(dataset, setting, method, rows, args.threads, budget, args.timeout or None)
-                result.dataset = Path(dataset).stem if dataset.endswith(".npy") else dataset
-                if budget is not None:
-                    result.note = f"time budget {budget:.1f} s {result.note}".strip()
-                print(f"  {result}", flush=True)
-                group.append(result)
-            results.extend(group)
-    scratch.cleanup()
+    with tempfile.TemporaryDirectory() as scratch:
+        # faiss first, so that our methods can be given the best faiss run's wall time as their time budget.
+        methods = sorted(args.methods, key=lambda method: method not in FAISS_METHODS)
+        for dataset in args.datasets:
+            rows = args.rows if args.rows is not None else DEFAULT_ROWS.get(dataset)
+            if dataset not in DATASETS:
+                dataset = materialise(dataset, rows, Path(scratch))
+                rows = None
+            for setting in args.settings:
+                group: list[Result] = []
+                for method in methods:
+                    budget = None
+                    faiss_runs = [r for r in group if r.method in FAISS_METHODS and r.distance is not None]
+                    if args.equal_time and method not in FAISS_METHODS and faiss_runs:
+                        budget = min(faiss_runs, key=lambda r: r.distance or 0.0).seconds
+                    result = measure(
+                        dataset, setting, method, rows, args.threads, budget, args.timeout or None
+                    )
+                    result.dataset = Path(dataset).stem if dataset.endswith(".npy") else dataset
+                    if budget is not None:
+                        result.note = f"time budget {budget:.1f} s {result.note}".strip()
+                    print(f"  {result}", flush=True)
+                    group.append(result)
+                results.extend(group)
     table = format_table(results)
     print(table)
     if args.output:

@@ -89,8 +89,8 @@ def fit_additive(
     (default 100), once the objective improves by less than `tolerance` (relative) for
     `patience` rounds in a row, or when not even a round without beam search fits in what is left of
     `time_budget` seconds (the initialisation always runs); a round that would not fit narrows its beam until it
-    does, and is then held to the share of `tolerance` that its share of a full round's time gives. `beam_size` is the beam width of the re-encoding (default: about 1024 candidates per step,
-    at most 64), `init_beam_size` that of the initialisation (default `beam_size` // 4: wide beams pay off
+    does, and is then held to the share of `tolerance` that its share of a full round's time gives. `beam_size`
+    is the beam width of the re-encoding (default: about 1024 candidates per step, at most 64), `init_beam_size` that of the initialisation (default `beam_size` // 4: wide beams pay off
     most once the codebooks are refit), `icm_sweeps` the ICM passes after each encoding, `local_search` the
     number of perturb-and-ICM attempts per round, each changing `perturbations` random codes per row. With a
     `checkpointer` the state is saved after every round, and a rerun resumes from it and reaches the same
