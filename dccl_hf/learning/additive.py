@@ -90,9 +90,10 @@ def fit_additive(
     `patience` rounds in a row, or when not even a round without beam search fits in what is left of
     `time_budget` seconds (the initialisation always runs); a round that would not fit narrows its beam until it
     does, and is then held to the share of `tolerance` that its share of a full round's time gives. `beam_size`
-    is the beam width of the re-encoding (default: about 1024 candidates per step, at most 64), `init_beam_size` that of the initialisation (default `beam_size` // 4: wide beams pay off
-    most once the codebooks are refit), `icm_sweeps` the ICM passes after each encoding, `local_search` the
-    number of perturb-and-ICM attempts per round, each changing `perturbations` random codes per row. With a
+    is the beam width of the re-encoding (default: about 1024 candidates per step, at most 64),
+    `init_beam_size` that of the initialisation (default `beam_size` // 4: wide beams pay off most once the
+    codebooks are refit), `icm_sweeps` the ICM passes after each encoding, `local_search` the number of
+    perturb-and-ICM attempts per round, each changing `perturbations` random codes per row. With a
     `checkpointer` the state is saved after every round, and a rerun resumes from it and reaches the same
     result. `objective` is ``"distance"`` (weighted mean euclidean distance, the reference implementation's
     metric) or ``"squared"`` (weighted mean squared distance: the expected squared error of a sum of rows drawn
