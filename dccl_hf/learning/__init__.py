@@ -68,8 +68,10 @@ def compress(
     the distance objective, 0.9868 with the squared one). `metric` (D, D), positive semi-definite, makes the
     error that counts (e − ê)ᵀ·metric·(e − ê), e.g. a model's sensitivity to its input embeddings
     (`dccl_hf.fidelity.embedding_sensitivity`); see `dccl_hf.learning.metric`. The `padding_idx` row gets weight 0
-    and decodes to zeros. `time_budget` (seconds) and `max_iterations` bound the run; with `checkpoint_dir` the
-    run saves its state there and a rerun of the same job resumes from it. `options` go to the method (see `METHODS`).
+    and decodes to zeros. The additive method learns on centred rows (float32 precision; the mean joins codebook
+    0), copying the matrix once if it was not copied already. `time_budget` (seconds) and `max_iterations` bound
+    the run; with `checkpoint_dir` the run saves its state there and a rerun of the same job resumes from it.
+    `options` go to the method (see `METHODS`).
     """
     started = time.monotonic()
     fit = _method(method)
@@ -91,6 +93,13 @@ def compress(
     transform = None if metric is None else MetricTransform.from_metric(metric, dim, target)
     if transform is not None:
         data = transform.apply(data, in_place=copied)
+        copied = True
+    mean = None
+    if method == "additive":
+        # The additive learner scores codes by expanding squared distances in float32, which loses precision
+        # when a large common offset dominates the rows: it learns on centred rows, and the mean joins
+        # codebook 0 (exact: every row uses one of its codewords). `dccl` gets the rows as the paper does.
+        data, mean = centred(data, in_place=copied)
     generator = torch.Generator(device=target).manual_seed(seed)
     checkpointer = None
     if checkpoint_dir is not None:
@@ -129,6 +138,8 @@ def compress(
         max_iterations=max_iterations,
         **options,
     )
+    if mean is not None:
+        codebook[0] += mean
     if transform is not None:
         codebook = transform.restore_codebook(codebook)
     return CompressedEmbedding.from_codes(codes, codebook, padding_idx=padding)
@@ -213,6 +224,20 @@ def load_matrix(matrix: MatrixLike, device: torch.device) -> torch.Tensor:
     for start, chunk in iter_row_chunks(source, device):
         data[start : start + chunk.shape[0]] = chunk
     return data
+
+
+def centred(data: torch.Tensor, *, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows minus their mean (in place when allowed, else into one new tensor) and that mean (D,)."""
+    rows, dim = data.shape
+    step = max(1, CHUNK_ELEMENTS // dim)
+    total = torch.zeros(dim, dtype=torch.float64, device=data.device)
+    for start in range(0, rows, step):
+        total += data[start : start + step].double().sum(dim=0)
+    mean = (total / rows).to(data.dtype)
+    result = data if in_place else torch.empty_like(data)
+    for start in range(0, rows, step):
+        torch.sub(data[start : start + step], mean, out=result[start : start + step])
+    return result, mean
 
 
 def _method(method: str) -> FitFunction:

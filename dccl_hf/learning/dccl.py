@@ -184,7 +184,8 @@ def fit_dccl(
     if time_budget is not None:
         start = time.monotonic()
         reserve = _export_time(model, matrix, row_weights, refit_codebook, polish_rounds)
-        time_budget = max(0.0, time_budget - reserve - (time.monotonic() - start))
+        # 1% of the budget stays for the caller's work after the export (packing the codes), as in fit_additive.
+        time_budget = max(0.0, 0.99 * time_budget - reserve - (time.monotonic() - start))
         logger.debug("DCCL keeps %.1f s of its time budget for the export", reserve)
     trainer.run(schedule, max_iterations, time_budget, progress)
     _select_final_model(state, model, matrix, loss_weights)
