@@ -99,7 +99,7 @@ def compress(
         # The additive learner scores codes by expanding squared distances in float32, which loses precision
         # when a large common offset dominates the rows: it learns on centred rows, and the mean joins
         # codebook 0 (exact: every row uses one of its codewords). `dccl` gets the rows as the paper does.
-        data, mean = centred(data, in_place=copied)
+        data, mean = _centred(data, in_place=copied)
     generator = torch.Generator(device=target).manual_seed(seed)
     checkpointer = None
     if checkpoint_dir is not None:
@@ -226,7 +226,7 @@ def load_matrix(matrix: MatrixLike, device: torch.device) -> torch.Tensor:
     return data
 
 
-def centred(data: torch.Tensor, *, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _centred(data: torch.Tensor, *, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows minus their mean (in place when allowed, else into one new tensor) and that mean (D,)."""
     rows, dim = data.shape
     step = max(1, CHUNK_ELEMENTS // dim)
