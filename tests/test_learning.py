@@ -72,6 +72,36 @@ def test_a_large_common_offset_costs_no_precision() -> None:
     assert mean_distance(offset, shifted) == pytest.approx(mean_distance(plain, matrix), rel=0.01)
 
 
+def test_additive_learns_on_the_loaded_copy_centred_in_place(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    loaded: list[torch.Tensor] = []
+    real_load = learning.load_matrix
+
+    def load(matrix: Any, device: torch.device) -> torch.Tensor:
+        loaded.append(real_load(matrix, device))
+        return loaded[-1]
+
+    seen: dict[str, torch.Tensor] = {}
+
+    def zeros(matrix: torch.Tensor, num_codebooks: int, codebook_size: int, **_: Any) -> Any:
+        seen["matrix"] = matrix.clone()
+        seen["pointer"] = torch.tensor(matrix.data_ptr())
+        codes = torch.zeros(matrix.shape[0], num_codebooks, dtype=torch.long)
+        return codes, torch.zeros(num_codebooks, codebook_size, matrix.shape[1])
+
+    monkeypatch.setattr(learning, "load_matrix", load)
+    monkeypatch.setitem(learning.METHODS, "additive", zeros)
+    array = (np.random.default_rng(0).standard_normal((50, 3)) + 100.0).astype(np.float32)
+    np.save(tmp_path / "m.npy", array)
+    module = compress(np.load(tmp_path / "m.npy", mmap_mode="r"), 2, 4, progress=False)
+    assert int(seen["pointer"]) == loaded[0].data_ptr()  # a memmap is copied once, then centred in place
+    torch.testing.assert_close(seen["matrix"].mean(dim=0), torch.zeros(3), atol=1e-4, rtol=0)
+    # All-zero codebooks decode every row to the mean, which codebook 0 got back.
+    expected = torch.from_numpy(array.mean(axis=0)).expand(50, 3)
+    torch.testing.assert_close(module.reconstruct().detach(), expected)
+
+
 def test_every_input_type_gives_the_same_result(tmp_path: Path) -> None:
     matrix = clustered(64, 5).numpy()
     mapped = np.lib.format.open_memmap(tmp_path / "m.npy", mode="w+", dtype=np.float64, shape=matrix.shape)
