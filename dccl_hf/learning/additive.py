@@ -46,6 +46,8 @@ KMEANS_POINTS = 1 << 16
 STAGE_ITERATIONS = 10
 #: Lloyd steps from k-means++ seeds that must beat progressive k-means for that run to be continued.
 PROBE_ITERATIONS = 5
+#: Share of a time budget kept for the caller's work after learning (packing the codes); `fit_dccl` too.
+PACKING_RESERVE = 0.01
 
 
 @dataclass
@@ -152,8 +154,8 @@ def fit_additive(
     while state.iteration < max_iterations and state.stalled < patience:
         width, share = beam_size, 1.0
         if cost is not None and time_budget is not None:
-            # 1% of the budget stays for the caller's work after the last round (packing the codes).
-            fitting = cost.widest_beam(beam_size, 0.99 * time_budget - (time.monotonic() - start + offset))
+            remaining = (1.0 - PACKING_RESERVE) * time_budget - (time.monotonic() - start + offset)
+            fitting = cost.widest_beam(beam_size, remaining)
             if fitting is None:
                 logger.info("Stopping: another round would exceed the time budget of %.1f s", time_budget)
                 break

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dccl_hf.learning.additive import decode, icm, solve_codebook, sufficient_statistics
+from dccl_hf.learning.additive import PACKING_RESERVE, decode, icm, solve_codebook, sufficient_statistics
 from dccl_hf.learning.checkpoint import Checkpointer
 from dccl_hf.packing import bits_per_code
 
@@ -184,8 +184,7 @@ def fit_dccl(
     if time_budget is not None:
         start = time.monotonic()
         reserve = _export_time(model, matrix, row_weights, refit_codebook, polish_rounds)
-        # 1% of the budget stays for the caller's work after the export (packing the codes), as in fit_additive.
-        time_budget = max(0.0, 0.99 * time_budget - reserve - (time.monotonic() - start))
+        time_budget = max(0.0, (1.0 - PACKING_RESERVE) * time_budget - reserve - (time.monotonic() - start))
         logger.debug("DCCL keeps %.1f s of its time budget for the export", reserve)
     trainer.run(schedule, max_iterations, time_budget, progress)
     _select_final_model(state, model, matrix, loss_weights)
