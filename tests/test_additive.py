@@ -207,6 +207,32 @@ def test_rounds_that_do_not_fit_the_budget_run_without_beam_search(
     assert mean_distance(matrix, codes, codebook) <= initial
 
 
+def test_init_plan_narrows_the_encoding_before_the_training() -> None:
+    # Per stage 1 s of k-means and 1 s per unit of beam width; the encoding covers 6 samples' worth of rows.
+    plan = additive._InitPlan(16, 16, outside_share=6.0).measured(kmeans_seconds=1.0, extend_seconds=16.0)
+    assert plan.fitted(10, 10, remaining=1200.0) == plan  # 10 · (1 + 16) + 6 · 10 · 16 = 1130 s fits
+    assert (plan.fitted(10, 10, 300.0).training_beam, plan.fitted(10, 10, 300.0).encoding_beam) == (16, 2)
+    assert (plan.fitted(10, 10, 100.0).training_beam, plan.fitted(10, 10, 100.0).encoding_beam) == (2, 1)
+    assert (plan.fitted(10, 10, 1.0).training_beam, plan.fitted(10, 10, 1.0).encoding_beam) == (1, 1)
+    assert plan.measured(kmeans_seconds=0.5, extend_seconds=4.0) == plan  # the slowest stage counts
+
+
+def test_an_initialisation_without_time_encodes_the_rows_outside_its_sample_greedily(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(additive, "CHUNK_ELEMENTS", 1 << 12)  # a sample of 1365 of the 2000 rows
+    matrix = clustered(rows=2000)
+    generator = torch.Generator().manual_seed(0)
+    with caplog.at_level("INFO", logger=additive.__name__):
+        codebook, codes = additive.residual_beam_init(matrix, 3, 8, torch.ones(2000), generator, 5, 4, 0.0)
+    assert "narrowed to fit its 0.0 s: training beam 1, encoding beam 1" in caplog.text
+    assert torch.equal(codes, beam_search(matrix, codebook, 1))
+    wide_codebook, wide_codes = additive.residual_beam_init(
+        matrix, 3, 8, torch.ones(2000), torch.Generator().manual_seed(0), 5, 4
+    )
+    assert torch.equal(wide_codes, beam_search(matrix, wide_codebook, 4))
+
+
 @pytest.mark.parametrize("lookup_tables", [True, False])
 def test_exhaustive_beam_search_finds_the_best_codes(
     lookup_tables: bool, monkeypatch: pytest.MonkeyPatch
@@ -252,6 +278,7 @@ def test_refit_solves_least_squares_exactly() -> None:
     gram, cross = sufficient_statistics(matrix, codes, torch.ones(200), 4)
     refit = solve_codebook(gram, cross, torch.zeros_like(codebook), 1e-9)
     torch.testing.assert_close(decode(codes, refit), matrix, atol=1e-4, rtol=1e-4)
+    assert refit.is_contiguous()  # LAPACK's column-major solution made ICM and beam search 2-5× slower
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ rows, so the loop can run data-parallel: `_reduce` is the one place where an all
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -38,8 +39,9 @@ OBJECTIVES: tuple[str, ...] = ("distance", "squared")
 
 #: Upper bound on the number of float elements of one chunk's work tensors, which bounds peak memory.
 CHUNK_ELEMENTS = 1 << 23
-#: Elements of one chunk of point-to-centroid scores in k-means: small enough to stay in cache.
-ASSIGN_CHUNK_ELEMENTS = 1 << 20
+#: Elements of one chunk of the work tensors that loops revisit (k-means scores, ICM residuals): small enough
+#: to stay in cache.
+CACHE_CHUNK_ELEMENTS = 1 << 20
 #: Residuals each initial k-means trains on (at least 256 per centroid); more points give better codebooks.
 KMEANS_POINTS = 1 << 16
 #: Lloyd steps of each progressive k-means stage before the last (faiss's ProgressiveDimClustering uses 10).
@@ -48,6 +50,8 @@ STAGE_ITERATIONS = 10
 PROBE_ITERATIONS = 5
 #: Share of a time budget kept for the caller's work after learning (packing the codes); `fit_dccl` too.
 PACKING_RESERVE = 0.01
+#: Share of a time budget the initialisation may take, so that refit rounds (the first gain most) still fit.
+INIT_SHARE = 2 / 3
 
 
 @dataclass
@@ -90,8 +94,9 @@ def fit_additive(
     weight 0 still get their best codes. The run stops after `max_iterations` refit/re-encode rounds
     (default 100), once the objective improves by less than `tolerance` (relative) for
     `patience` rounds in a row, or when not even a round without beam search fits in what is left of
-    `time_budget` seconds (the initialisation always runs); a round that would not fit narrows its beam until it
-    does, and is then held to the share of `tolerance` that its share of a full round's time gives. `beam_size`
+    `time_budget` seconds (the initialisation always runs, its beams narrowed to fit `INIT_SHARE` of the budget
+    where they can); a round that would not fit narrows its beam until it does, and is then held to the share of
+    `tolerance` that its share of a full round's time gives. `beam_size`
     is the beam width of the re-encoding (default: about 1024 candidates per step, at most 64),
     `init_beam_size` that of the initialisation (default `beam_size` // 4: wide beams pay off most once the
     codebooks are refit), `icm_sweeps` the ICM passes after each encoding, `local_search` the number of
@@ -129,6 +134,7 @@ def fit_additive(
             generator,
             kmeans_iterations,
             init_beam_size,
+            None if time_budget is None else INIT_SHARE * time_budget,
         )
         distances = row_distances(matrix, codes, codebook)
         state = _State(
@@ -246,8 +252,8 @@ class _RoundCost:
 
     Beam search time grows with the beam's width, so when a full round no longer fits a time budget a round
     with a narrower beam (or none, a refit-and-polish round) may: on GloVe 50k at M=32, K=16 a full round takes
-    47 s of a 113 s budget after a 25 s initialisation, and the narrower rounds that fit the rest take
-    the mean distance from 0.749 to 0.736.
+    30 s of a 118 s budget after a 26 s initialisation, and after two full rounds the four narrower rounds that
+    fit the rest take the mean distance from 0.737 to 0.728.
     """
 
     beam: float
@@ -255,14 +261,20 @@ class _RoundCost:
 
     @staticmethod
     def probe(matrix: torch.Tensor, codebook: torch.Tensor, beam_size: int, icm_sweeps: int) -> _RoundCost:
-        """Costs extrapolated from re-encoding a small sample of rows, until a round measures them."""
+        """Costs extrapolated from a round's steps on a small sample of rows (the refit's solve, whose cost does
+        not grow with the rows, once), until a round measures them."""
         probe = min(matrix.shape[0], 1024)
         scale = 1.3 * matrix.shape[0] / probe
+        rows = matrix[:probe]
         start = time.monotonic()
-        encoded = beam_search(matrix[:probe], codebook, beam_size)
+        encoded = beam_search(rows, codebook, beam_size)
         middle = time.monotonic()
-        icm(matrix[:probe], encoded, codebook, 2 * icm_sweeps)
-        return _RoundCost(scale * (middle - start), scale * (time.monotonic() - middle))
+        icm(rows, encoded, codebook, 2 * icm_sweeps)
+        gram, cross = sufficient_statistics(rows, encoded, rows.new_ones(probe), codebook.shape[1])
+        solve_start = time.monotonic()
+        solve_codebook(gram, cross, codebook, 1e-6)
+        rest = scale * (solve_start - middle) + time.monotonic() - solve_start
+        return _RoundCost(scale * (middle - start), rest)
 
     def seconds(self, width: int, beam_size: int) -> float:
         """Expected seconds of a round with a beam of `width` (0: no beam search)."""
@@ -489,7 +501,7 @@ def _assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centroid of every point, in cache-sized chunks (2.4× faster than 8M-element chunks
     for K=256 in 7 dimensions, the early stages of `progressive_kmeans`)."""
     norms = (centroids**2).sum(dim=1)
-    size = _chunk_size(centroids.shape[0], ASSIGN_CHUNK_ELEMENTS)
+    size = _chunk_size(centroids.shape[0], CACHE_CHUNK_ELEMENTS)
     parts = [
         torch.addmm(norms, points[i : i + size], centroids.T, alpha=-2.0).argmin(dim=1)
         for i in range(0, points.shape[0], size)
@@ -534,6 +546,12 @@ def _beam_elements_per_row(num_codebooks: int, codebook_size: int, dim: int, bea
     return beam_size * (codebook_size + 2 * dim + 2 * num_codebooks)
 
 
+def _code_dtype(codebook_size: int) -> torch.dtype:
+    """The narrowest integer type that holds codes below `codebook_size`: beam search copies every entry's
+    codes at each step, so narrow codes are faster to move."""
+    return torch.uint8 if codebook_size <= 256 else torch.int16 if codebook_size <= 1 << 15 else torch.int32
+
+
 @dataclass
 class _Beam:
     """The `width` best partial encodings of each of n rows, best first: codes (n, width, stages), squared
@@ -551,7 +569,7 @@ class _Beam:
 
     @staticmethod
     def start(rows: torch.Tensor, num_codebooks: int, codebook_size: int) -> _Beam:
-        codes = torch.empty(rows.shape[0], 1, 0, dtype=torch.int32, device=rows.device)
+        codes = torch.empty(rows.shape[0], 1, 0, dtype=_code_dtype(codebook_size), device=rows.device)
         tables = _uses_lookup_tables(num_codebooks, codebook_size, rows.shape[1])
         return _Beam(codes, (rows**2).sum(dim=1, keepdim=True), None if tables else rows[:, None, :])
 
@@ -571,7 +589,7 @@ class _Beam:
             extended = (norms - 2.0 * rows @ words.T)[:, None, :] + self.score[:, :, None]
             if stages:
                 offsets = torch.arange(stages, device=words.device) * codebook_size
-                extended = extended + 2.0 * cross[self.codes + offsets].sum(dim=2)
+                extended = extended + 2.0 * cross[self.codes.long() + offsets].sum(dim=2)
         else:
             products = torch.addmm(norms, self.residual.reshape(n * width, dim), words.T, alpha=-2.0)
             extended = products.reshape(n, width, codebook_size) + self.score[:, :, None]
@@ -579,13 +597,14 @@ class _Beam:
             min(beam_size, width * codebook_size), dim=1, largest=False
         )
         parent, word = top.indices // codebook_size, top.indices % codebook_size
-        kept = self.codes.gather(1, parent[:, :, None].expand(-1, -1, stages))
+        # Whole entries are copied by flat row index: far faster than a per-element gather.
+        entries = (torch.arange(n, device=parent.device)[:, None] * width + parent).reshape(-1)
+        kept = self.codes.reshape(n * width, stages).index_select(0, entries).reshape(*parent.shape, stages)
         residual = None
         if self.residual is not None:
-            entries = (torch.arange(n, device=parent.device)[:, None] * width + parent).reshape(-1)
             residual = self.residual.reshape(n * width, dim).index_select(0, entries)
-            residual = residual.reshape(n, -1, dim) - words[word]
-        return _Beam(torch.cat([kept, word[:, :, None].int()], dim=2), top.values, residual)
+            residual = (residual - words.index_select(0, word.reshape(-1))).reshape(*parent.shape, dim)
+        return _Beam(torch.cat([kept, word[:, :, None].to(kept.dtype)], dim=2), top.values, residual)
 
 
 def residual_beam_init(
@@ -596,13 +615,18 @@ def residual_beam_init(
     generator: torch.Generator,
     iterations: int,
     beam_size: int,
+    seconds: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual quantization trained along a beam search; returns the codebook (M, K, D) and codes (N, M).
 
     Codebook m is weighted k-means of the residuals that the best beam entry of each row leaves after
     codebooks 0..m−1; the beam then extends by codebook m. Training runs on a row sample that bounds memory
-    (all rows when they fit, whose codes are then the beam's); the other rows are encoded afterwards.
+    (all rows when they fit, whose codes are then the beam's); the other rows are encoded afterwards. With
+    `seconds`, beams narrow (down to greedy residual quantization) where the time measured so far says the
+    initialisation would not fit in that many seconds: first the encoding of the rows outside the sample, then
+    the training beam. k-means is never shortened.
     """
+    start = time.monotonic()
     num_rows, dim = matrix.shape
     # Beams persist for the whole sample: codes and scores, plus residuals unless scoring uses tables.
     state = beam_size * (
@@ -616,37 +640,88 @@ def residual_beam_init(
     beams = [_Beam.start(rows[i : i + size], num_codebooks, codebook_size) for i in starts]
     codebook = matrix.new_zeros(num_codebooks, codebook_size, dim)
     points = min(sample_rows, max(256 * codebook_size, KMEANS_POINTS))
+    plan = _InitPlan(beam_size, beam_size, num_rows / sample_rows if sample_rows < num_rows else 0.0)
     for m in range(num_codebooks):
+        stage_start = time.monotonic()
         chosen = torch.randperm(sample_rows, generator=generator, device=matrix.device)[:points]
         best_codes = torch.cat([beam.codes[:, 0] for beam in beams])[chosen].long()
         residuals = rows[chosen] - decode(best_codes, codebook[:m]) if m else rows[chosen]
         codebook[m], _ = kmeans(residuals, codebook_size, row_weights[sample[chosen]], generator, iterations)
         norms, cross = _stage_tables(codebook[:m], codebook[m])
+        extend_start = time.monotonic()
         beams = [
-            beam.extend(rows[i : i + size], codebook[m], norms, cross, beam_size)
+            beam.extend(rows[i : i + size], codebook[m], norms, cross, plan.training_beam)
             for beam, i in zip(beams, starts, strict=True)
         ]
+        if seconds is not None:
+            plan = plan.measured(extend_start - stage_start, time.monotonic() - extend_start)
+            plan = plan.fitted(num_codebooks - m - 1, num_codebooks, seconds - (time.monotonic() - start))
+    if plan.training_beam < beam_size or plan.encoding_beam < beam_size:
+        logger.info(
+            "Initialisation narrowed to fit its %.1f s: training beam %d, encoding beam %d",
+            seconds,
+            plan.training_beam,
+            plan.encoding_beam,
+        )
     if sample_rows < num_rows:
-        return codebook, beam_search(matrix, codebook, beam_size)
+        return codebook, beam_search(matrix, codebook, plan.encoding_beam)
     codes = torch.empty(num_rows, num_codebooks, dtype=torch.long, device=matrix.device)
     codes[sample] = torch.cat([beam.codes[:, 0] for beam in beams]).long()
     return codebook, codes
+
+
+@dataclass(frozen=True)
+class _InitPlan:
+    """Beam widths of `residual_beam_init`, and the seconds it measured per stage: k-means, and extending the
+    sample's beams per unit of beam width (a beam step's cost grows with its width)."""
+
+    training_beam: int
+    encoding_beam: int
+    #: Rows encoded after training per sample row (all of them, unless the sample is the whole matrix).
+    outside_share: float
+    kmeans_seconds: float = 0.0
+    extend_seconds: float = 0.0
+
+    def measured(self, kmeans_seconds: float, extend_seconds: float) -> _InitPlan:
+        """The plan with the costs of a stage just measured (the slowest stage so far counts: later stages
+        carry longer codes)."""
+        return dataclasses.replace(
+            self,
+            kmeans_seconds=max(self.kmeans_seconds, kmeans_seconds),
+            extend_seconds=max(self.extend_seconds, extend_seconds / self.training_beam),
+        )
+
+    def seconds(self, stages_left: int, num_codebooks: int, training: int, encoding: int) -> float:
+        """Expected seconds of the `stages_left` training stages and the encoding outside the sample."""
+        encoding_seconds = self.outside_share * num_codebooks * self.extend_seconds * encoding
+        return stages_left * (self.kmeans_seconds + self.extend_seconds * training) + encoding_seconds
+
+    def fitted(self, stages_left: int, num_codebooks: int, remaining: float) -> _InitPlan:
+        """The widest beams, narrowing the encoding before the training, expected to fit `remaining` seconds."""
+        training, encoding = self.training_beam, self.encoding_beam
+        while encoding > 1 and self.seconds(stages_left, num_codebooks, training, encoding) > remaining:
+            encoding //= 2
+        while training > 1 and self.seconds(stages_left, num_codebooks, training, encoding) > remaining:
+            training //= 2
+        return dataclasses.replace(self, training_beam=training, encoding_beam=encoding)
 
 
 def icm(matrix: torch.Tensor, codes: torch.Tensor, codebook: torch.Tensor, sweeps: int) -> torch.Tensor:
     """Iterated conditional modes: each code in turn becomes the best given all the others."""
     num_codebooks, codebook_size, dim = codebook.shape
     norms = (codebook**2).sum(dim=2)
-    size = _chunk_size(codebook_size + dim * 2)
+    # Each chunk's residuals are revisited M times per sweep: cache-sized chunks are 2-3× faster.
+    size = _chunk_size(codebook_size + dim * 2, CACHE_CHUNK_ELEMENTS)
     result = codes.clone()
     for i in range(0, matrix.shape[0], size):
         chunk = result[i : i + size]
         residual = matrix[i : i + size] - decode(chunk, codebook)
         for _ in range(sweeps):
             for m in range(num_codebooks):
-                residual += codebook[m][chunk[:, m]]
-                chunk[:, m] = (norms[m] - 2.0 * residual @ codebook[m].T).argmin(dim=1)
-                residual -= codebook[m][chunk[:, m]]
+                words = codebook[m]
+                residual += words.index_select(0, chunk[:, m])
+                chunk[:, m] = torch.addmm(norms[m], residual, words.T, alpha=-2.0).argmin(dim=1)
+                residual -= words.index_select(0, chunk[:, m])
     return result
 
 
@@ -679,21 +754,24 @@ def sufficient_statistics(
     num_codebooks = codes.shape[1]
     width = num_codebooks * codebook_size
     offsets = torch.arange(num_codebooks, device=codes.device) * codebook_size
-    gram = torch.zeros(width * width, dtype=torch.float64, device=matrix.device)
+    gram = torch.zeros(width, width, dtype=torch.float64, device=matrix.device)
     cross = torch.zeros(width, matrix.shape[1], dtype=torch.float64, device=matrix.device)
-    size = _chunk_size(num_codebooks * num_codebooks + matrix.shape[1] * num_codebooks)
+    size = _chunk_size(num_codebooks * num_codebooks + matrix.shape[1])
     for i in range(0, matrix.shape[0], size):
-        flat = codes[i : i + size] + offsets
+        chunk = codes[i : i + size]
+        flat = chunk + offsets
         weight = row_weights[i : i + size].double()
-        pairs = (flat[:, :, None] * width + flat[:, None, :]).reshape(flat.shape[0], -1)
-        gram.index_add_(
-            0,
-            pairs.reshape(-1),
-            weight.repeat_interleave(num_codebooks * num_codebooks),
-        )
-        weighted = (matrix[i : i + size].double() * weight[:, None]).repeat_interleave(num_codebooks, dim=0)
-        cross.index_add_(0, flat.reshape(-1), weighted)
-    return _reduce(gram.reshape(width, width)), _reduce(cross)
+        weighted = matrix[i : i + size].double() * weight[:, None]
+        # One block row of the upper triangle at a time: its K rows of the gram stay in cache (9× faster at
+        # M=128, K=16 than scattering into the whole (M·K)² matrix); the lower triangle is its mirror.
+        for m in range(num_codebooks):
+            pairs = chunk[:, m : m + 1] * width + flat[:, m:]
+            block = gram[m * codebook_size : (m + 1) * codebook_size].view(-1)
+            block.index_add_(0, pairs.reshape(-1), weight[:, None].expand_as(pairs).reshape(-1))
+            cross[m * codebook_size : (m + 1) * codebook_size].index_add_(0, chunk[:, m], weighted)
+    upper = gram.triu()
+    gram = upper + upper.T - upper.diag().diag()
+    return _reduce(gram), _reduce(cross)
 
 
 def _reduce(statistic: torch.Tensor) -> torch.Tensor:
@@ -719,7 +797,8 @@ def solve_codebook(
         solution = torch.linalg.lstsq(system, target).solution
     else:
         solution = torch.cholesky_solve(target, factor)
-    return solution.to(previous.dtype).reshape(num_codebooks, codebook_size, dim)
+    # LAPACK returns column-major solutions: made contiguous, the codebook is read row by row everywhere else.
+    return solution.to(previous.dtype).reshape(num_codebooks, codebook_size, dim).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------
