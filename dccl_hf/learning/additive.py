@@ -699,7 +699,11 @@ class _InitPlan:
     def fitted(self, stages_left: int, num_codebooks: int, remaining: float) -> _InitPlan:
         """The widest beams, narrowing the encoding before the training, expected to fit `remaining` seconds."""
         training, encoding = self.training_beam, self.encoding_beam
-        while encoding > 1 and self.seconds(stages_left, num_codebooks, training, encoding) > remaining:
+        while (
+            encoding > 1
+            and self.outside_share
+            and self.seconds(stages_left, num_codebooks, training, encoding) > remaining
+        ):
             encoding //= 2
         while training > 1 and self.seconds(stages_left, num_codebooks, training, encoding) > remaining:
             training //= 2
