@@ -249,6 +249,15 @@ def test_exhaustive_beam_search_finds_the_best_codes(
     torch.testing.assert_close(found, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("lookup_tables", [True, False])
+def test_beam_search_keeps_codes_above_255(lookup_tables: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beam entries store codes in the narrowest integer type that holds K: K=300 must not wrap at 256."""
+    monkeypatch.setattr(additive, "_uses_lookup_tables", lambda *_: lookup_tables)
+    codebook = torch.randn(1, 300, 4, generator=torch.Generator().manual_seed(8))
+    found = beam_search(codebook[0], codebook, 8)  # every codeword encodes to itself
+    assert torch.equal(found[:, 0], torch.arange(300))
+
+
 def test_lookup_tables_and_residuals_give_the_same_beam_search(monkeypatch: pytest.MonkeyPatch) -> None:
     generator = torch.Generator().manual_seed(7)
     matrix = torch.randn(300, 12, generator=generator)
