@@ -589,7 +589,7 @@ class _Beam:
             extended = (norms - 2.0 * rows @ words.T)[:, None, :] + self.score[:, :, None]
             if stages:
                 offsets = torch.arange(stages, device=words.device) * codebook_size
-                extended = extended + 2.0 * cross[self.codes.long() + offsets].sum(dim=2)
+                extended = extended + 2.0 * cross[self.codes + offsets].sum(dim=2)  # promoted to int64
         else:
             products = torch.addmm(norms, self.residual.reshape(n * width, dim), words.T, alpha=-2.0)
             extended = products.reshape(n, width, codebook_size) + self.score[:, :, None]
