@@ -226,7 +226,11 @@ def test_an_initialisation_without_time_encodes_the_rows_outside_its_sample_gree
     with caplog.at_level("INFO", logger=additive.__name__):
         codebook, codes = additive.residual_beam_init(matrix, 3, 8, torch.ones(2000), generator, 5, 4, 0.0)
     assert "narrowed to fit its 0.0 s: training beam 1, encoding beam 1" in caplog.text
-    assert torch.equal(codes, beam_search(matrix, codebook, 1))
+    # The sample is the initialisation's first draw from the generator.
+    sample = torch.multinomial(torch.ones(2000), 1365, generator=torch.Generator().manual_seed(0))
+    outside = torch.ones(2000, dtype=torch.bool)
+    outside[sample] = False
+    assert torch.equal(codes[outside], beam_search(matrix[outside], codebook, 1))
     wide_codebook, wide_codes = additive.residual_beam_init(
         matrix, 3, 8, torch.ones(2000), torch.Generator().manual_seed(0), 5, 4
     )
@@ -383,3 +387,11 @@ def test_dimension_schedule_roughly_doubles_up_to_the_dimension() -> None:
     assert schedule[-1] == 384
     assert len(schedule) == 9
     assert all(1.5 <= b / a <= 2.5 for a, b in itertools.pairwise(schedule))
+
+
+def test_default_beams_score_a_few_thousand_candidates_and_keep_the_init_beam_useful() -> None:
+    assert additive.default_beams(16) == (64, 16)
+    assert additive.default_beams(256) == (16, 8)
+    assert additive.default_beams(4096) == (2, 2)
+    assert additive.default_beams(256, beam_size=32) == (32, 8)
+    assert additive.default_beams(16, beam_size=1) == (1, 1)
