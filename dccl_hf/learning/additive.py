@@ -113,8 +113,7 @@ def fit_additive(
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
-    default_beam, default_init_beam = default_beams(codebook_size, beam_size)
-    beam_size = default_beam if beam_size is None else beam_size
+    beam_size, default_init_beam = default_beams(codebook_size, beam_size)
     init_beam_size = default_init_beam if init_beam_size is None else init_beam_size
     _validate(matrix, num_codebooks, codebook_size, min(beam_size, init_beam_size))
     row_weights = _normalise_weights(weights, matrix)
