@@ -184,13 +184,69 @@ def test_time_budget_and_zero_iterations_still_return_valid_codes() -> None:
 
 
 def test_round_cost_narrows_the_beam_to_fit_and_learns_from_measurements() -> None:
-    cost = additive._RoundCost(beam=40.0, rest=5.0)
+    cost = additive._RoundCost(beam_per_width=40.0 / 64, rest=5.0)
     assert cost.widest_beam(64, 100.0) == 64
     assert cost.widest_beam(64, 30.0) == 32  # 1.1 · (5 + 40 · 32/64) = 27.5 s fits, 64 does not
     assert cost.widest_beam(64, 6.0) == 0  # only a round without beam search fits
     assert cost.widest_beam(64, 5.0) is None
-    assert cost.measured(16, 64, beam_seconds=5.0, rest_seconds=3.0) == additive._RoundCost(20.0, 3.0)
-    assert cost.measured(0, 64, beam_seconds=0.0, rest_seconds=4.0) == additive._RoundCost(40.0, 4.0)
+    assert cost.widest_beam(128, 100.0) == 128  # a widened beam is costed by the same per-width seconds
+    assert cost.measured(16, beam_seconds=5.0, rest_seconds=3.0) == additive._RoundCost(5.0 / 16, 3.0)
+    assert cost.measured(0, beam_seconds=0.0, rest_seconds=4.0) == additive._RoundCost(40.0 / 64, 4.0)
+
+
+def widenings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Plateau")]
+
+
+def test_a_plateau_widens_the_beam_while_wider_search_pays_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    matrix = clustered()
+    # Each round's objective (the initial one is 1.0): every widening is followed by a gain, then a stall.
+    values = iter([1.0, 0.9, 0.9, 0.8, 0.8, 0.7, 0.7])
+    widths: list[int] = []
+
+    def scripted_round(matrix, state, *args):  # type: ignore[no-untyped-def]
+        widths.append(args[2])
+        return state.codebook, state.codes, next(values), 0.0
+
+    monkeypatch.setattr(additive, "_round", scripted_round)
+    monkeypatch.setattr(additive, "_objective", lambda *_: 1.0)
+    with caplog.at_level("INFO", logger=additive.__name__):
+        fit(matrix, 3, 8, beam_size=2)
+    assert widths == [2, 4, 4, 8, 8, 16, 16]  # no widening beyond MAX_WIDENING × 2 = 16
+    assert widenings(caplog) == [f"Plateau: widening the re-encoding beam to {w}" for w in (4, 8, 16)]
+
+
+def test_a_plateau_right_after_a_widening_ends_the_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    matrix = clustered()
+    widths: list[int] = []
+
+    def stalled_round(matrix, state, *args):  # type: ignore[no-untyped-def]
+        widths.append(args[2])
+        return state.codebook, state.codes, 1.0, 0.0
+
+    monkeypatch.setattr(additive, "_round", stalled_round)
+    monkeypatch.setattr(additive, "_objective", lambda *_: 1.0)
+    with caplog.at_level("INFO", logger=additive.__name__):
+        fit(matrix, 3, 8, beam_size=2)
+    assert widths == [2, 4]
+
+
+def test_widening_survives_a_resume(tmp_path: Path) -> None:
+    matrix = clustered()
+    options = {"max_iterations": 6, "beam_size": 1, "tolerance": 0.5}  # every round stalls: widen, then stop
+    expected = fit(matrix, 3, 8, **options)
+    with pytest.raises(InterruptedRunError):
+        fit(matrix, 3, 8, checkpointer=FailingCheckpointer(tmp_path, saves=2), **options)
+    saved = Checkpointer(tmp_path).load()
+    assert (saved["iteration"], saved["beam"]) == (1, 1)
+    resumed = fit(matrix, 3, 8, checkpointer=Checkpointer(tmp_path), **options)
+    assert Checkpointer(tmp_path).load()["beam"] == 2
+    assert torch.equal(resumed[0], expected[0])
+    assert torch.equal(resumed[1], expected[1])
 
 
 def test_rounds_that_do_not_fit_the_budget_run_without_beam_search(
