@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,22 @@ def test_rounds_that_do_not_fit_the_budget_run_without_beam_search(
     assert mean_distance(matrix, codes, codebook) <= initial
 
 
+def test_the_cost_probe_counts_against_the_budget(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    matrix = clustered()
+
+    def slow_probe(*_: object) -> additive._RoundCost:
+        time.sleep(0.5)  # the whole budget, spent estimating a round that would take no time at all
+        return additive._RoundCost(0.0, 0.0)
+
+    monkeypatch.setattr(additive._RoundCost, "probe", staticmethod(slow_probe))
+    with caplog.at_level("INFO", logger=additive.__name__):
+        fit(matrix, 3, 8, time_budget=0.5)
+    assert "Stopping: another round would exceed the time budget" in caplog.text
+    assert "Round 1" not in caplog.text
+
+
 def test_init_plan_narrows_the_encoding_before_the_training() -> None:
     # Per stage 1 s of k-means and 1 s per unit of beam width; the encoding covers 6 samples' worth of rows.
     plan = additive._InitPlan(16, 16, outside_share=6.0).measured(kmeans_seconds=1.0, extend_seconds=16.0)
@@ -335,6 +352,14 @@ def test_statistics_of_row_shards_add_up_to_those_of_all_rows() -> None:
     second = sufficient_statistics(matrix[37:], codes[37:], weights[37:], 8)
     torch.testing.assert_close(first[0] + second[0], gram)
     torch.testing.assert_close(first[1] + second[1], cross)
+
+
+def test_gram_is_the_weighted_product_of_the_one_hot_codes() -> None:
+    codes = torch.randint(4, (50, 3), generator=torch.Generator().manual_seed(6))
+    weights = torch.rand(50, generator=torch.Generator().manual_seed(7))
+    one_hot = torch.nn.functional.one_hot(codes, 4).reshape(50, 12).double()
+    gram = sufficient_statistics(torch.randn(50, 5), codes, weights, 4)[0]
+    torch.testing.assert_close(gram, one_hot.T @ (weights.double()[:, None] * one_hot))
 
 
 def test_refit_solves_least_squares_exactly() -> None:

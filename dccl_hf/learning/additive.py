@@ -60,6 +60,10 @@ MAX_BEAM = 64
 MIN_INIT_BEAM = 8
 #: How far a plateau may widen the re-encoding beam, as a multiple of its starting width (see `fit_additive`).
 MAX_WIDENING = 8
+#: Beam width and rows of the search that estimates a round's cost before the first round measures it (GloVe,
+#: 3,000 rows, M=32, K=16: 0.13 s instead of 1.1 s at the round's beam of 64, for the same estimate).
+PROBE_BEAM = 4
+PROBE_ROWS = 1024
 
 
 @dataclass
@@ -163,9 +167,10 @@ def fit_additive(
         )
         _save(checkpointer, state, generator)
         logger.info("Initial weighted mean %s %.6f (%.1f s)", objective, state.best, state.elapsed)
+    # Seconds spent before this process started (a resumed run), so that the budget counts the whole run.
+    offset = state.elapsed - (time.monotonic() - start)
     cost = None if time_budget is None else _RoundCost.probe(matrix, state.codebook, state.beam, icm_sweeps)
     widest = MAX_WIDENING * beam_size
-    offset = state.elapsed - (time.monotonic() - start)
     bar = tqdm(
         total=max_iterations,
         initial=state.iteration,
@@ -301,20 +306,25 @@ class _RoundCost:
 
     @staticmethod
     def probe(matrix: torch.Tensor, codebook: torch.Tensor, beam_size: int, icm_sweeps: int) -> _RoundCost:
-        """Costs extrapolated from a round's steps on a small sample of rows (the refit's solve, whose cost does
-        not grow with the rows, once), until a round measures them."""
-        probe = min(matrix.shape[0], 1024)
+        """Costs extrapolated from a round's steps on a small sample of rows, with a beam of at most `PROBE_BEAM`,
+        until a round measures them. The refit's row-independent part (the gram's assembly and its solve) is
+        timed once and not extrapolated: at M=16, K=256 it is most of the refit."""
+        probe = min(matrix.shape[0], PROBE_ROWS)
         scale = 1.3 * matrix.shape[0] / probe
         rows = matrix[:probe]
+        width = min(beam_size, PROBE_BEAM)
         start = time.monotonic()
-        encoded = beam_search(rows, codebook, beam_size)
-        middle = time.monotonic()
+        encoded = beam_search(rows, codebook, width)
+        beam_end = time.monotonic()
         icm(rows, encoded, codebook, 2 * icm_sweeps)
-        gram, cross = sufficient_statistics(rows, encoded, rows.new_ones(probe), codebook.shape[1])
-        solve_start = time.monotonic()
+        sufficient_statistics(rows, encoded, rows.new_ones(probe), codebook.shape[1])
+        rows_end = time.monotonic()
+        gram, cross = sufficient_statistics(rows[:0], encoded[:0], rows.new_ones(0), codebook.shape[1])
+        assembly_end = time.monotonic()
         solve_codebook(gram, cross, codebook, 1e-6)
-        rest = scale * (solve_start - middle) + time.monotonic() - solve_start
-        return _RoundCost(scale * (middle - start) / beam_size, rest)
+        fixed = time.monotonic() - rows_end
+        per_rows = max(0.0, (rows_end - beam_end) - (assembly_end - rows_end))
+        return _RoundCost(scale * (beam_end - start) / width, scale * per_rows + fixed)
 
     def seconds(self, width: int) -> float:
         """Expected seconds of a round with a beam of `width` (0: no beam search)."""
@@ -817,8 +827,11 @@ def sufficient_statistics(
             block = gram[m * codebook_size : (m + 1) * codebook_size].view(-1)
             block.index_add_(0, pairs.reshape(-1), weight[:, None].expand_as(pairs).reshape(-1))
             cross[m * codebook_size : (m + 1) * codebook_size].index_add_(0, chunk[:, m], weighted)
-    upper = gram.triu()
-    gram = upper + upper.T - upper.diag().diag()
+    # Blocks below the diagonal are still zero and blocks on it diagonal: each block column below the
+    # diagonal is its block row's mirror (15× faster than a whole transpose at M=16, K=256).
+    for m in range(num_codebooks - 1):
+        rows, below = slice(m * codebook_size, (m + 1) * codebook_size), slice((m + 1) * codebook_size, None)
+        gram[below, rows] = gram[rows, below].T
     return _reduce(gram), _reduce(cross)
 
 
