@@ -277,6 +277,32 @@ def test_the_cost_probe_counts_against_the_budget(
     assert "Round 1" not in caplog.text
 
 
+def test_no_probe_once_the_initialisation_has_spent_the_budget(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unexpected_probe(*_: object) -> additive._RoundCost:
+        raise AssertionError("probed a round's cost with no time left for one")
+
+    monkeypatch.setattr(additive._RoundCost, "probe", staticmethod(unexpected_probe))
+    with caplog.at_level("WARNING", logger=additive.__name__):
+        codes, codebook = fit(clustered(), 3, 8, time_budget=1e-9)
+    check_valid(codes, codebook, 400, 3, 8, 8)
+    assert "The initialisation alone took" in caplog.text
+
+
+def test_a_round_that_ends_worse_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    matrix = clustered()
+    initial_codes, initial_codebook = fit(matrix, 3, 8, max_iterations=0)
+
+    def worse_round(matrix, state, *args):  # type: ignore[no-untyped-def]
+        return state.codebook + 1.0, torch.zeros_like(state.codes), 1e9, 0.0
+
+    monkeypatch.setattr(additive, "_round", worse_round)
+    codes, codebook = fit(matrix, 3, 8, max_iterations=3)
+    assert torch.equal(codes, initial_codes)
+    assert torch.equal(codebook, initial_codebook)
+
+
 def test_init_plan_narrows_the_encoding_before_the_training() -> None:
     # Per stage 1 s of k-means and 1 s per unit of beam width; the encoding covers 6 samples' worth of rows.
     plan = additive._InitPlan(16, 16, outside_share=6.0).measured(kmeans_seconds=1.0, extend_seconds=16.0)

@@ -167,9 +167,19 @@ def fit_additive(
         )
         _save(checkpointer, state, generator)
         logger.info("Initial weighted mean %s %.6f (%.1f s)", objective, state.best, state.elapsed)
+        if time_budget is not None and state.elapsed > time_budget:
+            logger.warning(
+                "The initialisation alone took %.1f s of the %.1f s time budget (its k-means is not shortened); "
+                "give at least twice that for refit rounds to run.",
+                state.elapsed,
+                time_budget,
+            )
     # Seconds spent before this process started (a resumed run), so that the budget counts the whole run.
     offset = state.elapsed - (time.monotonic() - start)
-    cost = None if time_budget is None else _RoundCost.probe(matrix, state.codebook, state.beam, icm_sweeps)
+    deadline = None if time_budget is None else start - offset + (1.0 - PACKING_RESERVE) * time_budget
+    cost = None  # no probe when the initialisation has spent the budget: no round would fit
+    if deadline is not None and deadline > time.monotonic():
+        cost = _RoundCost.probe(matrix, state.codebook, state.beam, icm_sweeps)
     widest = MAX_WIDENING * beam_size
     bar = tqdm(
         total=max_iterations,
@@ -186,17 +196,16 @@ def fit_additive(
             state.beam, state.stalled, state.widened = 2 * state.beam, 0, True
             logger.info("Plateau: widening the re-encoding beam to %d", state.beam)
         width, share = state.beam, 1.0
-        if cost is not None and time_budget is not None:
-            remaining = (1.0 - PACKING_RESERVE) * time_budget - (time.monotonic() - start + offset)
-            fitting = cost.widest_beam(state.beam, remaining)
-            if fitting is None:
+        if deadline is not None:
+            fitting = None if cost is None else cost.widest_beam(state.beam, deadline - time.monotonic())
+            if cost is None or fitting is None:
                 logger.info("Stopping: another round would exceed the time budget of %.1f s", time_budget)
                 break
             width, share = fitting, cost.seconds(fitting) / cost.seconds(state.beam)
             if width < state.beam:
                 logger.info("Round %d with beam %d to fit the time budget", state.iteration + 1, width)
         round_start = time.monotonic()
-        state.codebook, state.codes, value, beam_seconds = _round(
+        codebook, codes, value, beam_seconds = _round(
             matrix,
             state,
             row_weights,
@@ -216,7 +225,10 @@ def fit_additive(
         improved = value < state.best * (1.0 - tolerance * share)
         state.stalled = 0 if improved else state.stalled + 1
         state.widened = state.widened and not improved
-        state.best = min(state.best, value)
+        # Refit and ICM never raise the objective but for the ridge and the distance floor of the reweighting
+        # (e.g. 3,000 rows at M=16, K=256, most rebuilt exactly): a round that ends worse is not kept.
+        if value <= state.best:
+            state.codebook, state.codes, state.best = codebook, codes, value
         state.elapsed = time.monotonic() - start + offset
         _save(checkpointer, state, generator)
         bar.update(1)
