@@ -19,7 +19,6 @@ import torch
 from reconstruction import SETTINGS, load_dataset, parse_setting
 
 import dccl_hf
-from dccl_hf.learning.additive import row_distances
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
                     matrix, num_codebooks, codebook_size, time_budget=budget, progress=False
                 )
                 wall = time.monotonic() - start
-                distance = float(row_distances(matrix, compressed.codes, compressed.codebook.detach()).mean())
+                distance = dccl_hf.reconstruction_report(matrix, compressed).mean_euclidean_distance
                 print(
                     f"{rows:<6} {setting:<8} {budget:>8.1f}  {wall:>8.2f}  {wall / budget:>11.3f}  {distance:>9.5f}",
                     flush=True,

@@ -53,7 +53,7 @@ def main() -> None:
             )
             compress_seconds = time.monotonic() - start
             codes, codebook = compressed.codes, compressed.codebook.detach()
-            learnt = float(row_distances(matrix, codes, codebook).mean())
+            learnt = dccl_hf.reconstruction_report(matrix, compressed).mean_euclidean_distance
             generator = torch.Generator().manual_seed(0)
             sample = torch.randperm(matrix.shape[0], generator=generator)[: args.sample]
             rows_sample = matrix[sample]
