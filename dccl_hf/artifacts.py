@@ -302,7 +302,7 @@ def load_artifact(
     codebook_dtype = dtype if dtype is not None else tensors["codebook"].dtype
     module = cls(
         *(config[key] for key in SHAPE_KEYS),
-        padding_idx=config["padding_idx"],
+        padding_idx=config.get("padding_idx"),
         dtype=codebook_dtype,
         device=device,
     )

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub
-import torch
 
 from dccl_hf import learning
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.fidelity.calibration import row_weights_from_calibration, weights_from_counts, word_counts
+from dccl_hf.fidelity.calibration import word_counts
 from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS
 from dccl_hf.files import write_file_atomic
 from dccl_hf.formats import load_reference, save_reference
@@ -297,18 +296,19 @@ def _read_input(source: str, args: argparse.Namespace, limit: int | None) -> Emb
     )
 
 
-def _calibration_weights(path: Path | None, source: EmbeddingSource) -> torch.Tensor | None:
-    """Row weights from a calibration text file: token counts for a model, word counts for a word table."""
+def _calibration(path: Path | None, source: EmbeddingSource) -> dict[str, Any]:
+    """`compress` options that weight rows by a calibration text file, as the Python API does: token counts for
+    a model (with its tokenizer), word counts for a word table."""
     if path is None:
-        return None
+        return {}
     if source.model is not None:
-        return row_weights_from_calibration(_model_tokenizer(source.model), path, source.shape[0])
+        return {"calibration": path, "tokenizer": _model_tokenizer(source.model)}
     if source.words is None:
         raise ValueError(
             "--calibration needs to know what each row stands for: give a table with words (GloVe/word2vec, or "
             "--vocab FILE) or a Hugging Face model with its tokenizer."
         )
-    return weights_from_counts(word_counts(source.words, path))
+    return {"calibration": word_counts(source.words, path)}
 
 
 def _calibration_file(calibration: str | None) -> Path | None:
@@ -362,13 +362,12 @@ def _learn(
         "progress": True,
     }
     if not with_model:
-        weights = _calibration_weights(calibration, source)
         return learning.compress(
             source.matrix,
             args.num_codebooks,
             args.codebook_size,
-            weights=weights,
             padding_idx=args.padding_idx,
+            **_calibration(calibration, source),
             **options,
         )
     from transformers import AutoModel

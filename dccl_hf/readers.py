@@ -646,7 +646,8 @@ def _check_finite(matrix: np.ndarray, origin: str) -> None:
 def _sibling_words(path: Path, vocab: str | os.PathLike[str] | Sequence[str] | None) -> list[str] | None:
     """Words given explicitly (a list or a word-list file), else from `<stem>.vocab.txt` beside `path`, else None."""
     if vocab is None:
-        sibling = path.with_name(path.name.split(".")[0] + ".vocab.txt")
+        stem = path.with_suffix("") if path.suffix == ".gz" else path
+        sibling = stem.with_suffix(".vocab.txt")
         if not sibling.is_file():
             return None
         logger.info("Using words from %s", sibling)

@@ -151,6 +151,15 @@ def test_flipped_byte_in_weights_fails_the_checksum(saved: tuple[CompressedEmbed
         CompressedEmbedding.from_pretrained(directory)
 
 
+def test_config_without_padding_idx_loads_without_padding(saved: tuple[CompressedEmbedding, Path]) -> None:
+    _, directory = saved
+    path = directory / CONFIG_NAME
+    config = json.loads(path.read_text())
+    del config["padding_idx"]
+    path.write_text(json.dumps(config))
+    assert CompressedEmbedding.from_pretrained(directory).padding_idx is None
+
+
 @pytest.mark.parametrize("wrong_k", [32, 8])
 def test_config_with_wrong_codebook_size_is_an_error(
     saved: tuple[CompressedEmbedding, Path], wrong_k: int

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tiny_text import WORDS, bert_config, word_sentences, word_tokenizer
 from transformers import BertModel, BertTokenizerFast
 
-from dccl_hf.fidelity import budget
+import dccl_hf.integration.model as integration_model
 from dccl_hf.fidelity.budget import sentence_embeddings, smallest_codes, stored_bytes
 
 
@@ -101,22 +103,45 @@ def test_bad_arguments_are_rejected(
 def test_codes_are_calibrated_like_compress_with_calibration(
     setup: tuple[BertModel, BertTokenizerFast, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The candidates get token counts as `calibration=`, hence the squared objective, not bare `weights=`."""
+    """The candidates get the training texts as `calibration=` (hence the squared objective), not bare `weights=`,
+    and never the held-out texts they are scored on."""
     model, tokenizer, texts = setup
     calls: list[dict[str, object]] = []
-    compress = budget.compress
+    compress = integration_model.compress
 
     def recording_compress(matrix: torch.Tensor, *args: object, **kwargs: object) -> object:
         calls.append(kwargs)
         return compress(matrix, *args, **kwargs)
 
-    monkeypatch.setattr(budget, "compress", recording_compress)
+    monkeypatch.setattr(integration_model, "compress", recording_compress)
     smallest_codes(
         model, tokenizer, texts, candidates=[(2, 4)], distill=False, max_iterations=1, progress=False
     )
     (kwargs,) = calls
     assert "weights" not in kwargs
-    counts = kwargs["calibration"]
-    assert isinstance(counts, torch.Tensor)
-    assert counts.shape == (len(tokenizer),)
-    assert float(counts[tokenizer.cls_token_id]) > 0
+    assert kwargs["tokenizer"] is tokenizer
+    calibration = kwargs["calibration"]
+    assert isinstance(calibration, list)
+    assert len(calibration) == len(texts) - round(0.2 * len(texts))
+    assert set(calibration) <= set(texts)
+
+
+def test_half_precision_models_are_compressed_in_their_dtype(
+    setup: tuple[BertModel, BertTokenizerFast, list[str]],
+) -> None:
+    model, tokenizer, texts = setup
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    winner, results = smallest_codes(
+        half,
+        tokenizer,
+        texts,
+        target=0.01,
+        candidates=[(2, 4)],
+        distill=False,
+        max_iterations=1,
+        progress=False,
+    )
+    assert winner is not None
+    assert winner.codebook.dtype == torch.bfloat16
+    assert len(results) == 1
+    assert results[0].mean_cosine > 0

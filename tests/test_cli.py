@@ -279,6 +279,27 @@ def test_entry_points_in_a_subprocess(tmp_path: Path, glove: Path) -> None:
     assert "missing.txt does not exist" in result.stderr
 
 
+def test_calibration_file_calibrates_like_the_python_api(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--calibration gives compress the word counts as `calibration=` (the squared objective), not weights."""
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("word0 word1 word1\n", encoding="utf-8")
+    calls: list[dict[str, Any]] = []
+    compress = dccl_hf.learning.compress
+
+    def recording_compress(*args: Any, **kwargs: Any) -> CompressedEmbedding:
+        calls.append(kwargs)
+        return compress(*args, **kwargs)
+
+    monkeypatch.setattr(dccl_hf.learning, "compress", recording_compress)
+    args = ["compress", str(glove), *FAST, "-o", str(tmp_path / "out"), "--calibration", str(calibration)]
+    assert run(args, capsys)[0] == 0
+    (kwargs,) = calls
+    assert "weights" not in kwargs
+    assert kwargs["calibration"][:3].tolist() == [1.0, 2.0, 0.0]
+
+
 def test_calibration_file_weights_the_words_it_mentions(
     tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

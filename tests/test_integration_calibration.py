@@ -197,3 +197,39 @@ def test_sensitivity_options_without_learning_are_clear_errors(tokenizer: BertTo
     dccl_hf.resize_with_codes(model, compressed)
     with pytest.raises(TypeError, match="sensitivity_options"):
         dccl_hf.resize_with_codes(model, new_num_tokens=len(tokenizer) + 2, sensitivity_options={"probes": 1})
+
+
+def test_tokenizers_without_a_padding_token_pad_with_their_end_of_text_token(
+    tokenizer: BertTokenizerFast,
+) -> None:
+    gpt2_like = copy.deepcopy(tokenizer)
+    gpt2_like.pad_token, gpt2_like.eos_token = None, "[SEP]"
+    model = causal_lm("gpt2", len(tokenizer))
+    options = {**QUICK, "distill": True, "distill_options": {"steps": 2}}
+    compressed = model.resize_with_codes(
+        2, 4, tokenizer=gpt2_like, calibration=sentences(12, seed=6), sensitivity=True, **options
+    )
+    assert isinstance(model.get_input_embeddings(), dccl_hf.CompressedEmbedding)
+    assert compressed.num_embeddings == len(tokenizer)
+    assert gpt2_like.pad_token is None  # the caller's tokenizer is left as it was
+    gpt2_like.eos_token = None
+    with pytest.raises(ValueError, match=r"set tokenizer\.pad_token"):
+        causal_lm("gpt2", len(tokenizer)).resize_with_codes(
+            2, 4, tokenizer=gpt2_like, calibration=sentences(12, seed=6), **options
+        )
+
+
+def test_padding_idx_and_new_num_tokens_combine_with_calibration(tokenizer: BertTokenizerFast) -> None:
+    model = small_bert(len(tokenizer))
+    compressed = model.resize_with_codes(
+        2,
+        4,
+        new_num_tokens=len(tokenizer) + 3,
+        padding_idx=1,
+        tokenizer=tokenizer,
+        calibration=sentences(12, seed=7),
+        **{**QUICK, "distill": True, "distill_options": {"steps": 2}},
+    )
+    assert compressed.num_embeddings == len(tokenizer) + 3
+    assert compressed.padding_idx == 1
+    assert set(model.config.quantization_config.reconstruction) >= {"mean_euclidean_distance"}

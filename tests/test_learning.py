@@ -347,5 +347,11 @@ def test_a_checkpoint_of_another_job_is_refused(change: dict[str, Any], tmp_path
     compress(matrix, codebook_size=4, checkpoint_dir=tmp_path, **arguments)
     with pytest.raises(ValueError, match="different job"):
         compress(matrix, codebook_size=4, checkpoint_dir=tmp_path, **{**arguments, **change})
-    with pytest.raises(ValueError, match="matrix_sum"):
+    with pytest.raises(ValueError, match="matrix_sha256"):
         compress(matrix * 2, codebook_size=4, checkpoint_dir=tmp_path, **arguments)
+    with pytest.raises(ValueError, match="matrix_sha256"):  # the same rows in another order
+        compress(matrix.flip(0), codebook_size=4, checkpoint_dir=tmp_path, **arguments)
+    weights = torch.arange(100.0)
+    compress(matrix, codebook_size=4, checkpoint_dir=tmp_path / "w", weights=weights, **arguments)
+    with pytest.raises(ValueError, match="weights_sum"):  # the same weights on other rows
+        compress(matrix, codebook_size=4, checkpoint_dir=tmp_path / "w", weights=weights.flip(0), **arguments)

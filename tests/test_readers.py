@@ -145,6 +145,15 @@ def test_npy_is_memory_mapped_with_sibling_words(tmp_path: Path, matrix: np.ndar
     assert read_embeddings(path, vocab=[str(index) for index in range(7)]).words == [str(i) for i in range(7)]
 
 
+def test_sibling_words_are_named_after_the_whole_stem(tmp_path: Path, matrix: np.ndarray) -> None:
+    path = tmp_path / "glove.6B.7d.npy"
+    np.save(path, matrix)
+    (tmp_path / "glove.vocab.txt").write_text("".join(f"other{i}\n" for i in range(7)), encoding="utf-8")
+    assert read_embeddings(path).words is None  # another table's words are not picked up
+    (tmp_path / "glove.6B.7d.vocab.txt").write_text("".join(word + "\n" for word in WORDS), encoding="utf-8")
+    assert read_embeddings(path).words == WORDS
+
+
 def test_npy_float64_is_converted(tmp_path: Path, matrix: np.ndarray) -> None:
     path = tmp_path / "double.npy"
     np.save(path, matrix.astype(np.float64))

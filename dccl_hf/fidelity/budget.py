@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.fidelity.calibration import token_counts
-from dccl_hf.fidelity.distill import distill_codebook
+from dccl_hf.fidelity.models import mean_pool, model_device, padding_tokenizer
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
-from dccl_hf.learning import compress
+from dccl_hf.integration.model import resize_with_codes
 from dccl_hf.packing import bits_per_code, packed_row_bytes
 
 logger = logging.getLogger(__name__)
@@ -70,7 +69,8 @@ def sentence_embeddings(
 
     Batches are formed from texts of similar length, so little of each batch is padding.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
+    tokenizer = padding_tokenizer(tokenizer)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     pooled = torch.empty(len(texts), model.config.hidden_size, device=device)
     with torch.no_grad():
@@ -78,8 +78,7 @@ def sentence_embeddings(
             chunk = order[start : start + batch_size]
             batch = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, return_tensors="pt")
             hidden = model(**batch.to(device), output_hidden_states=True).hidden_states[-1].float()
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled[chunk] = (hidden * mask).sum(1) / mask.sum(1)
+            pooled[chunk] = mean_pool(hidden, batch["attention_mask"])
     return pooled
 
 
@@ -131,9 +130,8 @@ def smallest_codes(
     train_texts = [texts[i] for i in order[num_eval:]]
     model.eval()
     reference = sentence_embeddings(model, tokenizer, eval_texts)
-    counts = token_counts(tokenizer, train_texts, vocab_size, progress=progress)
-    options = {"padding_idx": getattr(dense, "padding_idx", None), "seed": seed, "progress": progress}
-    if sensitivity:
+    options: dict[str, Any] = {"seed": seed, "progress": progress}
+    if sensitivity:  # measured once for every candidate
         options["metric"] = embedding_sensitivity(
             model, tokenizer, train_texts, output="pooled", seed=seed, progress=progress
         )
@@ -141,15 +139,18 @@ def smallest_codes(
     ranked = sorted(candidates, key=lambda shape: stored_bytes(vocab_size, dim, *shape, codebook_dtype))
     results: list[BudgetResult] = []
     for num_codebooks, codebook_size in ranked:
-        compressed = compress(
-            dense.weight.detach(), num_codebooks, codebook_size, calibration=counts, **options
-        )
         student = copy.deepcopy(model)
-        student.set_input_embeddings(compressed.to(dense.weight.device))
-        if distill:
-            distill_codebook(
-                model, student, tokenizer, train_texts, progress=progress, **(distill_options or {})
-            )
+        compressed = resize_with_codes(
+            student,
+            num_codebooks,
+            codebook_size,
+            tokenizer=tokenizer,
+            calibration=train_texts,
+            sensitivity=False,
+            distill=distill,
+            distill_options={"progress": progress} | (distill_options or {}),
+            **options,
+        )
         with torch.no_grad():
             compressed.codebook.copy_(compressed.codebook.to(codebook_dtype))
         cosine = F.cosine_similarity(sentence_embeddings(student, tokenizer, eval_texts), reference, dim=-1)

@@ -26,10 +26,12 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import Protocol, TypeAlias
+from typing import TypeAlias
 
 import torch
 from tqdm.auto import tqdm
+
+from dccl_hf.fidelity.models import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +42,6 @@ WORD_PATTERN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 
 DEFAULT_SMOOTHING = 1.0
 DEFAULT_POWER = 0.75
-
-
-class Tokenizer(Protocol):
-    """What we need from a tokenizer: a `transformers` tokenizer is called on a batch of texts."""
-
-    def __call__(self, text: list[str], **kwargs: object) -> Mapping[str, list[list[int]]]: ...
 
 
 def _texts_from_file(path: Path) -> Iterator[str]:

@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.fidelity.models import (
+    Model,
+    Tokenizer,
+    frozen,
+    mean_pool,
+    model_outputs,
+    padding_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,33 +39,6 @@ LOSSES: tuple[str, ...] = ("hidden", "pooled", "logits")
 DEFAULT_MAX_STEPS = 1200
 #: Adam's default learning rate as a fraction of the codebook's RMS value.
 DEFAULT_RELATIVE_LR = 3e-3
-
-
-class Tokenizer(Protocol):
-    """What we need from a tokenizer: call it on texts, pad its encodings."""
-
-    def __call__(self, text: list[str], **kwargs: object) -> Mapping[str, list[list[int]]]: ...
-
-    def pad(
-        self, encoded_inputs: list[dict[str, list[int]]], **kwargs: object
-    ) -> Mapping[str, torch.Tensor]: ...
-
-
-class Model(Protocol):
-    """What we need from a model: a `transformers.PreTrainedModel` fits."""
-
-    def __call__(self, **kwargs: object) -> object: ...
-
-    def get_input_embeddings(self) -> nn.Module: ...
-
-    def parameters(self) -> Iterator[nn.Parameter]: ...
-
-    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
-
-    def train(self, mode: bool = True) -> nn.Module: ...
-
-    @property
-    def training(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -83,27 +62,6 @@ class DistillationReport:
             f"{self.train_texts} train / {self.held_out_texts} held-out texts, {self.seconds:.0f} s, "
             f"stopped: {self.stop_reason})"
         )
-
-
-@contextmanager
-def frozen(*models: Model) -> Iterator[None]:
-    """Every parameter of `models` without gradients and every model in eval mode, both restored on exit, so
-    that only what the caller re-enables (a codebook, a hooked activation) receives gradients."""
-    flags = [
-        {name: parameter.requires_grad for name, parameter in model.named_parameters()} for model in models
-    ]
-    modes = [model.training for model in models]
-    try:
-        for model in models:
-            for parameter in model.parameters():
-                parameter.requires_grad_(False)
-            model.train(False)
-        yield
-    finally:
-        for model, flag, mode in zip(models, flags, modes, strict=True):
-            for name, parameter in model.named_parameters():
-                parameter.requires_grad_(flag[name])
-            model.train(mode)
 
 
 def _compressed_embedding(model: Model) -> CompressedEmbedding:
@@ -135,10 +93,6 @@ def _validate(
         raise ValueError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}.")
 
 
-def _device(model: Model) -> torch.device:
-    return next(iter(model.parameters())).device
-
-
 def _length_grouped_batches(
     encodings: list[dict[str, list[int]]], batch_size: int
 ) -> list[list[dict[str, list[int]]]]:
@@ -148,36 +102,21 @@ def _length_grouped_batches(
     return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
 
 
-def model_outputs(model: Model, batch: Mapping[str, torch.Tensor], loss: str) -> torch.Tensor:
-    """The output the loss compares: final hidden states (B, L, D) or logits (B, L, V)."""
-    inputs = {name: value.to(_device(model)) for name, value in batch.items()}
-    if loss == "logits":
-        logits = getattr(model(**inputs), "logits", None)
-        if logits is None:
-            raise ValueError(
-                "loss='logits' needs a model with a head that returns logits; use loss='hidden'."
-            )
-        return logits
-    return model(**inputs, output_hidden_states=True).hidden_states[-1]
-
-
 def _loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, loss: str) -> torch.Tensor:
     """Distance between student and teacher outputs over the real (unpadded) tokens; 0 when they agree."""
     teacher = teacher.to(student.device, student.dtype)
-    mask = mask.to(student.device, student.dtype).unsqueeze(-1)
-    if loss == "hidden":
-        return ((student - teacher) ** 2 * mask).sum() / ((teacher**2) * mask).sum().clamp_min(1e-12)
     if loss == "pooled":
-        student_pooled = (student * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        teacher_pooled = (teacher * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return 1.0 - F.cosine_similarity(student_pooled, teacher_pooled, dim=-1).mean()
+        return 1.0 - F.cosine_similarity(mean_pool(student, mask), mean_pool(teacher, mask), dim=-1).mean()
+    tokens = mask.to(student.device, student.dtype).unsqueeze(-1)
+    if loss == "hidden":
+        return ((student - teacher) ** 2 * tokens).sum() / ((teacher**2) * tokens).sum().clamp_min(1e-12)
     token_kl = F.kl_div(
         F.log_softmax(student.float(), -1),
         F.log_softmax(teacher.float(), -1),
         log_target=True,
         reduction="none",
     )
-    return (token_kl.sum(-1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1.0)
+    return (token_kl.sum(-1, keepdim=True) * tokens).sum() / tokens.sum().clamp_min(1.0)
 
 
 def _batch_loss(
@@ -249,6 +188,7 @@ def distill_codebook(
         )
     if isinstance(original_model.get_input_embeddings(), CompressedEmbedding):
         raise ValueError("original_model's input embeddings are compressed too; pass the uncompressed model.")
+    tokenizer = padding_tokenizer(tokenizer)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(texts), generator=generator).tolist()
     num_held_out = min(len(texts) - 1, max_held_out, max(1, round(len(texts) * held_out_fraction)))

@@ -19,11 +19,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dccl_hf.fidelity.distill import Loss, Model, Tokenizer, frozen, model_outputs
+from dccl_hf.fidelity.distill import LOSSES, Loss
+from dccl_hf.fidelity.models import Model, Tokenizer, frozen, mean_pool, model_outputs, padding_tokenizer
 
 logger = logging.getLogger(__name__)
-
-OUTPUTS: tuple[str, ...] = ("hidden", "pooled", "logits")
 
 
 @torch.enable_grad()  # backward passes are needed even when called under torch.no_grad()
@@ -50,12 +49,13 @@ def embedding_sensitivity(
     """
     if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
         raise ValueError("texts must be a non-empty list of strings (calibration sentences).")
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}.")
+    if output not in LOSSES:
+        raise ValueError(f"output must be one of {LOSSES}, got {output!r}.")
     if probes < 1 or max_texts < 1 or batch_size < 1:
         raise ValueError(
             f"probes, max_texts and batch_size must be ≥ 1, got {probes}, {max_texts}, {batch_size}."
         )
+    tokenizer = padding_tokenizer(tokenizer)
     embedding = model.get_input_embeddings()
     captured: list[torch.Tensor] = []
 
@@ -104,8 +104,6 @@ def embedding_sensitivity(
 
 def _target(outputs: torch.Tensor, mask: torch.Tensor, output: str) -> torch.Tensor:
     """The quantity whose sensitivity is measured, with padded positions zeroed."""
-    mask = mask.to(outputs.device, outputs.dtype).unsqueeze(-1)
     if output == "pooled":
-        pooled = (outputs * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return torch.nn.functional.normalize(pooled, dim=-1)
-    return outputs * mask
+        return torch.nn.functional.normalize(mean_pool(outputs, mask), dim=-1)
+    return outputs * mask.to(outputs.device, outputs.dtype).unsqueeze(-1)

@@ -135,13 +135,8 @@ def resize_with_codes(
                 )
             options = {"progress": compress_options.get("progress", True)} | (sensitivity_options or {})
             compress_options["metric"] = embedding_sensitivity(model, tokenizer, texts, **options)
-        compressed = learn_codes(
-            dense,
-            num_codebooks,
-            codebook_size,
-            padding_idx=getattr(current, "padding_idx", None),
-            **compress_options,
-        )
+        compress_options.setdefault("padding_idx", getattr(current, "padding_idx", None))
+        compressed = compress(dense.detach(), num_codebooks, codebook_size, **compress_options)
     if distill is None:
         distill = texts is not None and dense is not None
     if distill and (texts is None or tokenizer is None or dense is None):
@@ -166,19 +161,6 @@ def resize_with_codes(
     if metrics is not None:
         config.reconstruction = metrics
     return compressed
-
-
-def learn_codes(
-    matrix: torch.Tensor,
-    num_codebooks: int,
-    codebook_size: int,
-    *,
-    padding_idx: int | None = None,
-    **compress_options: Any,
-) -> CompressedEmbedding:
-    """Learn codes for a dense embedding matrix with `dccl_hf.compress`."""
-    compress_options.setdefault("padding_idx", padding_idx)
-    return compress(matrix.detach(), num_codebooks, codebook_size, **compress_options)
 
 
 def compress_modules(model: PreTrainedModel, compressed: CompressedEmbedding) -> DcclConfig:
@@ -309,8 +291,15 @@ def resize_compressed(
 
 
 def reconstruction_metrics(dense: torch.Tensor, compressed: CompressedEmbedding) -> dict[str, float]:
-    """The finite distance and similarity figures of `dccl_hf.metrics.reconstruction_report`, for the config."""
-    report = reconstruction_report(dense.detach(), compressed).to_dict()
+    """The finite distance and similarity figures of `dccl_hf.metrics.reconstruction_report`, for the config,
+    over the rows both tables have (a resize adds rows without an original or drops some)."""
+    rows = min(dense.shape[0], compressed.num_embeddings)
+    if rows != compressed.num_embeddings:
+        padding_idx = compressed.padding_idx if (compressed.padding_idx or 0) < rows else None
+        compressed = CompressedEmbedding.from_codes(
+            compressed.codes[:rows], compressed.codebook.detach(), padding_idx
+        )
+    report = reconstruction_report(dense[:rows].detach(), compressed).to_dict()
     return {key: float(report[key]) for key in METRIC_KEYS if math.isfinite(report[key])}
 
 

@@ -7,6 +7,7 @@ target device without copying the matrix more than once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.fidelity.calibration import Calibration, Tokenizer, row_weights_from_calibration
+from dccl_hf.fidelity.calibration import Calibration, row_weights_from_calibration
+from dccl_hf.fidelity.models import Tokenizer
 from dccl_hf.learning.additive import fit_additive
 from dccl_hf.learning.checkpoint import Checkpointer
 from dccl_hf.learning.dccl import fit_dccl
@@ -82,6 +84,7 @@ def compress(
     copied = _shared_tensor(_source(matrix), target) is None
     data = load_matrix(matrix, target)
     rows, dim = data.shape
+    matrix_digest = _digest(data) if checkpoint_dir is not None else None
     padding = _padding_index(padding_idx, rows)
     if calibration is not None:
         if weights is not None:
@@ -110,7 +113,7 @@ def compress(
             "shape": [rows, dim],
             "seed": seed,
             "padding_idx": padding,
-            "matrix_sum": _fingerprint(data),
+            "matrix_sha256": matrix_digest,
             "weights_sum": None if row_weights is None else _fingerprint(row_weights.unsqueeze(1)),
             "metric_sum": None if transform is None else _fingerprint(transform.root.float()),
             "options": dict(sorted(options.items())),
@@ -360,10 +363,23 @@ def _row_weights(
     return values
 
 
+def _digest(data: torch.Tensor) -> str:
+    """SHA-256 of the matrix's float32 values as given (before centring or a metric), row chunk by row chunk: a
+    checkpoint resumes only on the same rows in the same order."""
+    digest = hashlib.sha256()
+    for _, chunk in iter_row_chunks(data, torch.device("cpu")):
+        digest.update(chunk.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _fingerprint(data: torch.Tensor) -> list[float]:
-    """Sum and sum of squares of a matrix, rounded so a rerun on the same data reproduces them exactly."""
-    total = torch.zeros(2, dtype=torch.float64, device=data.device)
-    for _, chunk in iter_row_chunks(data, data.device):
+    """Sum, sum of squares and row-position-weighted sum of a matrix of derived values (weights, a metric's root),
+    rounded so that a rerun reproduces them whatever the summation order; the last tells reordered rows apart."""
+    total = torch.zeros(3, dtype=torch.float64, device=data.device)
+    for start, chunk in iter_row_chunks(data, data.device):
         wide = chunk.double()
-        total += torch.stack([wide.sum(), wide.square().sum()])
+        positions = torch.arange(
+            start + 1, start + 1 + wide.shape[0], dtype=torch.float64, device=data.device
+        )
+        total += torch.stack([wide.sum(), wide.square().sum(), positions @ wide.sum(1)])
     return [float(f"{value:.6g}") for value in total.tolist()]
