@@ -18,7 +18,7 @@ from dccl_hf import learning
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import word_counts
 from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS
-from dccl_hf.files import write_file_atomic
+from dccl_hf.files import staged_directory, write_file_atomic
 from dccl_hf.formats import load_reference, save_reference
 from dccl_hf.metrics import reconstruction_report
 from dccl_hf.packing import bits_per_code
@@ -446,11 +446,7 @@ def _compress(args: argparse.Namespace) -> int:
         _discard_empty_run(checkpoint_dir)
         raise
     elapsed = time.perf_counter() - start
-    module.save_pretrained(output)
-    if words is not None:
-        save_vocab(output, words)
-    else:
-        (output / VOCAB_FILE).unlink(missing_ok=True)
+    _save_artifact(module, output, words)
     shutil.rmtree(checkpoint_dir)
     print(
         f"Learned in {elapsed:.1f} s; saved to {output}" + (" (with vocab.txt)" if words is not None else "")
@@ -471,8 +467,6 @@ def _check_output(
     output: Path, checkpoint_dir: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool
 ) -> None:
     """Refuse to silently restart or clobber: an unfinished run needs --resume, a finished artifact --overwrite."""
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"{output} exists and is not a directory; choose another -o.")
     run_file = checkpoint_dir / RUN_FILE
     if checkpoint_dir.exists():
         if not resume:
@@ -496,10 +490,27 @@ def _check_output(
         return
     if resume:
         logger.warning("No checkpoint in %s; starting a new run.", checkpoint_dir)
+    _refuse_overwrite(output, overwrite)
+
+
+def _refuse_overwrite(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output} exists and is not a directory; choose another -o.")
     if (output / ARTIFACT_CONFIG).exists() and not overwrite:
         raise ValueError(
             f"{output} already holds an artifact; pass --overwrite to replace it or choose another -o."
         )
+
+
+def _save_artifact(module: CompressedEmbedding, output: Path, words: list[str] | None) -> None:
+    """The artifact and its words (vocab.txt) published in one staged save, so an interrupted save never pairs
+    new weights with an earlier run's words; a stale vocab.txt goes first when the input has no words."""
+    with staged_directory(output) as staging:
+        module.save_pretrained(staging)
+        if words is not None:
+            save_vocab(staging, words)
+        else:
+            (output / VOCAB_FILE).unlink(missing_ok=True)
 
 
 def _load_artifact(directory: str) -> CompressedEmbedding:
@@ -553,18 +564,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     output = Path(args.output)
-    if (output / ARTIFACT_CONFIG).exists() and not args.overwrite:
-        raise ValueError(
-            f"{output} already holds an artifact; pass --overwrite to replace it or choose another -o."
-        )
+    _refuse_overwrite(output, args.overwrite)
     module, words = load_reference(
         args.prefix, codebook_size=args.codebook_size, padding_idx=args.padding_idx
     )
-    module.save_pretrained(output)
-    if words is not None:
-        save_vocab(output, words)
-    else:
-        (output / VOCAB_FILE).unlink(missing_ok=True)
+    _save_artifact(module, output, words)
     print(
         f"Wrote {output}: {module.num_embeddings} rows x {module.embedding_dim} dims, M={module.num_codebooks}, "
         f"K={module.codebook_size}" + (", with vocab.txt" if words is not None else "")

@@ -22,22 +22,36 @@ def sibling_temporary(path: Path) -> Path:
 
 
 def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, flush it to disk and rename it into place.
+    """Write `data` to a temporary file next to `path`, flush it to disk and rename it into place."""
+    write_files_atomic({path: data})
 
-    The file gets the usual permissions (0o666 less the umask), unlike ``tempfile.mkstemp``'s private 0o600.
+
+def write_files_atomic(contents: dict[str | os.PathLike[str], bytes]) -> None:
+    """Write every file to a temporary next to it and flush them all to disk, then rename them into place one
+    after the other (in the given order), so files that belong together are replaced within moments of each
+    other and never half-written; the renames are made durable.
+
+    Files get the usual permissions (0o666 less the umask), unlike ``tempfile.mkstemp``'s private 0o600.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = sibling_temporary(path)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    staged: list[tuple[Path, Path]] = []
     try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        for name, data in contents.items():
+            path = Path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = sibling_temporary(path)
+            staged.append((temporary, path))
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        for temporary, path in staged:
+            os.replace(temporary, path)
+        for directory in {path.parent for _, path in staged}:
+            fsync_directory(directory)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
         raise
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.files import write_file_atomic
+from dccl_hf.files import write_files_atomic
 from dccl_hf.packing import bits_per_code
 
 logger = logging.getLogger(__name__)
@@ -68,9 +68,10 @@ def save_reference(
     codebook = module.codebook.detach().to("cpu", torch.float32).reshape(-1, module.embedding_dim).numpy()
     buffer = io.BytesIO()
     np.save(buffer, codebook, allow_pickle=False)
-    codes_path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(codebook_path, buffer.getvalue())
-    write_file_atomic(codes_path, ("\n".join(lines) + "\n").encode("utf-8"))
+    # Both complete on disk before either replaces an earlier export.
+    write_files_atomic(
+        {codebook_path: buffer.getvalue(), codes_path: ("\n".join(lines) + "\n").encode("utf-8")}
+    )
     logger.info("Wrote %s and %s", codes_path, codebook_path)
     return codes_path, codebook_path
 

@@ -11,6 +11,7 @@ import dccl_hf.learning as learning
 from dccl_hf import CompressedEmbedding
 from dccl_hf.fidelity.calibration import weights_from_counts
 from dccl_hf.learning import compress, iter_row_chunks, load_matrix, resolve_device
+from dccl_hf.learning.clock import device_clock
 
 CPU = torch.device("cpu")
 #: Budgets per method: a dccl iteration is one mini-batch step, an additive one a whole refit/re-encode round.
@@ -55,9 +56,25 @@ def test_returns_compressed_embedding_that_reconstructs_the_matrix() -> None:
         4,
         16,
     )
-    assert module.codebook.device.type == resolve_device("auto").type
+    assert module.codebook.device == matrix.device  # returned where the input lives, whatever it learned on
     scale = float(torch.linalg.vector_norm(matrix - matrix.mean(0), dim=1).mean())
     assert mean_distance(module, matrix) < 0.5 * scale
+
+
+def test_cuda_without_an_index_resolves_to_the_current_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cpu") == CPU
+
+
+def test_device_clock_waits_for_queued_cuda_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    synchronized: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronized.append)
+    device_clock(CPU)
+    assert synchronized == []
+    device_clock(torch.device("cuda", 0))
+    assert synchronized == [torch.device("cuda", 0)]
 
 
 def test_a_large_common_offset_costs_no_precision() -> None:

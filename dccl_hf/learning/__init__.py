@@ -73,6 +73,7 @@ def compress(
     and decodes to zeros. The additive method learns on centred rows (float32 precision; the mean joins codebook
     0), copying the matrix once if it was not copied already. `time_budget` (seconds) and `max_iterations` bound
     the run; with `checkpoint_dir` the run saves its state there and a rerun of the same job resumes from it.
+    Learning runs on `device` ("auto": CUDA when there is one); the module is returned on the input's device.
     `options` go to the method (see `METHODS`).
     """
     started = time.monotonic()
@@ -112,6 +113,7 @@ def compress(
             "codebook_size": codebook_size,
             "shape": [rows, dim],
             "seed": seed,
+            "device": target.type,  # the random generator's state is device-specific
             "padding_idx": padding,
             "matrix_sha256": matrix_digest,
             "weights_sum": None if row_weights is None else _fingerprint(row_weights.unsqueeze(1)),
@@ -145,7 +147,8 @@ def compress(
         codebook[0] += mean
     if transform is not None:
         codebook = transform.restore_codebook(codebook)
-    return CompressedEmbedding.from_codes(codes, codebook, padding_idx=padding)
+    compressed = CompressedEmbedding.from_codes(codes, codebook, padding_idx=padding)
+    return compressed.to(_input_device(matrix))
 
 
 class JobCheckpointer(Checkpointer):
@@ -180,15 +183,25 @@ class JobCheckpointer(Checkpointer):
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """`"auto"` → CUDA when available, else CPU; anything else is parsed as a torch device."""
+    """`"auto"` → CUDA when available, else CPU; anything else is parsed as a torch device. A CUDA device
+    without an index gets the current one, so that every tensor of a run compares equal to it."""
     if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(
             f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got {device!r}."
         ) from error
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved
+
+
+def _input_device(matrix: MatrixLike) -> torch.device:
+    """Where the caller's matrix lives (CPU for numpy arrays), which is where the compressed module is returned."""
+    source = matrix.weight if isinstance(matrix, nn.Embedding) else matrix
+    return source.device if isinstance(source, torch.Tensor) else torch.device("cpu")
 
 
 def matrix_shape(matrix: MatrixLike) -> tuple[int, int]:
@@ -296,10 +309,7 @@ def _check_layout(source: torch.Tensor | np.ndarray) -> tuple[int, int]:
 def _shared_tensor(source: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor | None:
     """The input itself as a float32 tensor on `device` when that needs no copy, else None."""
     if isinstance(source, torch.Tensor):
-        same_device = source.device.type == device.type and (
-            device.index is None or source.device.index == device.index
-        )
-        return source if source.dtype == torch.float32 and same_device else None
+        return source if source.dtype == torch.float32 and source.device == device else None
     in_memory = not isinstance(source, np.memmap) and source.flags.writeable and source.flags.c_contiguous
     if device.type == "cpu" and in_memory and source.dtype == np.float32 and source.dtype.isnative:
         return torch.from_numpy(source)

@@ -15,7 +15,8 @@ weighted mean squared distance Σ u_i ||e_i − ê_i||² / Σ u_i:
 
 The codebooks start from residual quantization trained along a beam search (like faiss's
 ResidualQuantizer). Code assignment is per row and the refit only needs `sufficient_statistics` summed over
-rows, so the loop can run data-parallel: `_reduce` is the one place where an all_reduce would go.
+rows, so the loop is laid out for data parallelism: the refit's statistics pass through `_reduce`; what else must
+be shared across ranks first is listed in docs/architecture.md ("Scaling out").
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dccl_hf.learning.checkpoint import Checkpointer
+from dccl_hf.learning.clock import device_clock
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ def fit_additive(
             width, share = fitting, cost.seconds(fitting) / cost.seconds(state.beam)
             if width < state.beam:
                 logger.info("Round %d with beam %d to fit the time budget", state.iteration + 1, width)
-        round_start = time.monotonic()
+        round_start = device_clock(matrix.device)
         codebook, codes, value, beam_seconds = _round(
             matrix,
             state,
@@ -217,7 +219,7 @@ def fit_additive(
             ridge,
             objective,
         )
-        round_time = time.monotonic() - round_start
+        round_time = device_clock(matrix.device) - round_start
         if cost is not None:
             cost = cost.measured(width, beam_seconds, round_time - beam_seconds)
         state.iteration += 1
@@ -253,7 +255,8 @@ def fit_additive(
 def default_beams(codebook_size: int, beam_size: int | None = None) -> tuple[int, int]:
     """Default beam widths of the re-encoding (unless `beam_size` is given) and of the initialisation.
 
-    The re-encoding beam scores about `BEAM_CANDIDATES` candidates per step (64 at K=16, 16 at K=256; it was
+    The re-encoding beam scores up to `BEAM_CANDIDATES` candidates per step (beam 16 at K=256; at K=16 the beam
+    is capped at `MAX_BEAM`, 1,024 candidates; it was
     1,024: on GloVe 50k rows at 16x256 in 206 s, beam 4 reached 0.591, beam 16 0.557; 20k rows at 16x64 in 60 s,
     beam 16 0.887, beam 64 0.862). The initialisation's beam is a quarter of it (wide beams pay off most once the
     codebooks are refit) but at least `MIN_INIT_BEAM`: at large K its k-means, not its beam, takes the time
@@ -291,9 +294,9 @@ def _round(
     distances = row_distances(matrix, codes, codebook)
     beam_seconds = 0.0
     if beam_size:
-        beam_start = time.monotonic()
+        beam_start = device_clock(matrix.device)
         encoded = beam_search(matrix, codebook, beam_size)
-        beam_seconds = time.monotonic() - beam_start
+        beam_seconds = device_clock(matrix.device) - beam_start
         candidate = icm(matrix, encoded, codebook, icm_sweeps)
         codes, distances = _keep_better(matrix, codebook, codes, distances, candidate)
     for _ in range(local_search):
@@ -325,16 +328,16 @@ class _RoundCost:
         scale = 1.3 * matrix.shape[0] / probe
         rows = matrix[:probe]
         width = min(beam_size, PROBE_BEAM)
-        start = time.monotonic()
+        start = device_clock(matrix.device)
         encoded = beam_search(rows, codebook, width)
-        beam_end = time.monotonic()
+        beam_end = device_clock(matrix.device)
         icm(rows, encoded, codebook, 2 * icm_sweeps)
         sufficient_statistics(rows, encoded, rows.new_ones(probe), codebook.shape[1])
-        rows_end = time.monotonic()
+        rows_end = device_clock(matrix.device)
         gram, cross = sufficient_statistics(rows[:0], encoded[:0], rows.new_ones(0), codebook.shape[1])
-        assembly_end = time.monotonic()
+        assembly_end = device_clock(matrix.device)
         solve_codebook(gram, cross, codebook, 1e-6)
-        fixed = time.monotonic() - rows_end
+        fixed = device_clock(matrix.device) - rows_end
         per_rows = max(0.0, (rows_end - beam_end) - (assembly_end - rows_end))
         return _RoundCost(scale * (beam_end - start) / width, scale * per_rows + fixed)
 
@@ -703,19 +706,19 @@ def residual_beam_init(
     points = min(sample_rows, max(256 * codebook_size, KMEANS_POINTS))
     plan = _InitPlan(beam_size, beam_size, (num_rows - sample_rows) / sample_rows)
     for m in range(num_codebooks):
-        stage_start = time.monotonic()
+        stage_start = device_clock(matrix.device)
         chosen = torch.randperm(sample_rows, generator=generator, device=matrix.device)[:points]
         best_codes = torch.cat([beam.codes[:, 0] for beam in beams])[chosen].long()
         residuals = rows[chosen] - decode(best_codes, codebook[:m]) if m else rows[chosen]
         codebook[m], _ = kmeans(residuals, codebook_size, row_weights[sample[chosen]], generator, iterations)
         norms, cross = _stage_tables(codebook[:m], codebook[m])
-        extend_start = time.monotonic()
+        extend_start = device_clock(matrix.device)
         beams = [
             beam.extend(rows[i : i + size], codebook[m], norms, cross, plan.training_beam)
             for beam, i in zip(beams, starts, strict=True)
         ]
         if seconds is not None:
-            plan = plan.measured(extend_start - stage_start, time.monotonic() - extend_start)
+            plan = plan.measured(extend_start - stage_start, device_clock(matrix.device) - extend_start)
             plan = plan.fitted(num_codebooks - m - 1, num_codebooks, seconds - (time.monotonic() - start))
     if plan.training_beam < beam_size or plan.encoding_beam < beam_size:
         logger.info(

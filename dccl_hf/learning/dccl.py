@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from dccl_hf.learning.additive import PACKING_RESERVE, decode, icm, solve_codebook, sufficient_statistics
 from dccl_hf.learning.checkpoint import Checkpointer
+from dccl_hf.learning.clock import device_clock
 from dccl_hf.packing import bits_per_code
 
 logger = logging.getLogger(__name__)
@@ -219,16 +220,16 @@ def _export_time(
     """Seconds `_export` will take on all rows, extrapolated from exporting a sample, so that a time budget
     covers the export too. The codebook solves cost the same for any number of rows and are not scaled."""
     probe = min(matrix.shape[0], EXPORT_PROBE_ROWS)
-    start = time.monotonic()
+    start = device_clock(matrix.device)
     _export(model, matrix[:probe], row_weights[:probe], refit_codebook, polish_rounds)
-    probe_time = time.monotonic() - start
+    probe_time = device_clock(matrix.device) - start
     solves = polish_rounds + 1 if refit_codebook or polish_rounds else 0
     solve_time = 0.0
     if solves:
-        start = time.monotonic()
+        start = device_clock(matrix.device)
         codes = torch.zeros(probe, model.num_codebooks, dtype=torch.long, device=matrix.device)
         _refit(matrix[:probe], codes, row_weights[:probe], model.codebooks().detach())
-        solve_time = time.monotonic() - start
+        solve_time = device_clock(matrix.device) - start
     rows_time = max(0.0, probe_time - solves * solve_time) * matrix.shape[0] / probe
     return 1.1 * (rows_time + solves * solve_time)
 
