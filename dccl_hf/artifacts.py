@@ -317,7 +317,6 @@ def generate_model_card(module: CompressedEmbedding, **template_kwargs: Any) -> 
     values = {
         "repo_url": info.repo_url,
         "paper_url": info.paper_url,
-        "docs_url": info.docs_url,
         **model_card_facts(module),
         **template_kwargs,
     }

@@ -230,7 +230,7 @@ def test_refuses_a_checkpoint_of_another_method_or_shape(tmp_path: Path) -> None
     checkpointer.save({"method": "additive"})
     with pytest.raises(ValueError, match="not 'dccl'"):
         fit_dccl(torch.randn(20, 3), 2, 4, checkpointer=checkpointer, progress=False)
-    checkpointer.clear()
+    checkpointer.path.unlink()
     fit_dccl(torch.randn(20, 3), 2, 4, checkpointer=checkpointer, max_iterations=1, progress=False)
     with pytest.raises(ValueError, match="different model"):
         fit_dccl(torch.randn(20, 3), 2, 8, checkpointer=checkpointer, progress=False)

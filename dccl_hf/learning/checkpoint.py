@@ -45,7 +45,3 @@ class Checkpointer:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_file_atomic(self.path, buffer.getvalue())
-
-    def clear(self) -> None:
-        """Remove the checkpoint once a run has finished."""
-        self.path.unlink(missing_ok=True)

@@ -475,8 +475,13 @@ def _select_final_model(
     )
     if current >= state.best_distance:
         model.load_state_dict(state.best_model)
-        current = state.best_distance
-    logger.info("DCCL model selected: validation mean euclidean distance %.5f", current)
+        logger.info(
+            "DCCL model selected from epoch %d: validation mean euclidean distance %.5f",
+            state.best_epoch,
+            state.best_distance,
+        )
+    else:
+        logger.info("DCCL model selected as it ended: validation mean euclidean distance %.5f", current)
 
 
 def _snapshot(
