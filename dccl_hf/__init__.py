@@ -1,6 +1,7 @@
 """dccl_hf: compress embedding tables with compositional codes, the Hugging Face way."""
 
 from dccl_hf.embedding import CompressedEmbedding
+from dccl_hf.fidelity.budget import smallest_codes
 from dccl_hf.integration import register as _register_integration
 from dccl_hf.integration import resize_with_codes
 from dccl_hf.learning import compress
@@ -17,6 +18,7 @@ __all__ = [
     "pack_codes",
     "reconstruction_report",
     "resize_with_codes",
+    "smallest_codes",
     "unpack_codes",
 ]
 

@@ -1,5 +1,6 @@
 """Fidelity of compressed transformer embeddings: calibration row weights, the model's sensitivity metric and
-codebook distillation."""
+codebook distillation (`dccl_hf.smallest_codes`, in `budget`, builds on the transformers integration and is
+exported from the package root)."""
 
 from dccl_hf.fidelity.calibration import (
     calibration_texts,
