@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import shutil
@@ -16,10 +17,10 @@ import huggingface_hub
 
 from dccl_hf import learning
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.fidelity.calibration import word_counts
+from dccl_hf.fidelity.calibration import token_counts, word_counts
 from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS
 from dccl_hf.files import staged_directory, write_file_atomic
-from dccl_hf.formats import load_reference, save_reference
+from dccl_hf.formats import load_reference, reference_paths, save_reference
 from dccl_hf.metrics import reconstruction_report
 from dccl_hf.packing import bits_per_code
 from dccl_hf.readers import (
@@ -218,11 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--padding-idx", type=int, metavar="ROW", help="row kept exactly zero (e.g. a padding token)"
     )
     compress.add_argument(
-        "--time-budget", type=float, metavar="SECONDS", help="stop learning after about this many seconds"
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="stop learning after about this many seconds, counting an interrupted run's time on --resume "
+        "(default: no limit; learning stops on a plateau)",
     )
-    compress.add_argument("--max-iterations", type=int, metavar="N", help="stop learning after N iterations")
     compress.add_argument(
-        "--resume", action="store_true", help="continue the interrupted run whose checkpoint is in OUTDIR"
+        "--max-iterations",
+        type=int,
+        metavar="N",
+        help="stop learning after N refit rounds (additive, default 100) or N training steps (dccl, default: its "
+        "epoch limit)",
+    )
+    compress.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run whose checkpoint is in OUTDIR (without one, a new run starts)",
     )
     compress.add_argument("--overwrite", action="store_true", help="replace an artifact already in OUTDIR")
 
@@ -247,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--no-words", action="store_true", help="write codes only, even when vocab.txt exists"
     )
+    export.add_argument("--overwrite", action="store_true", help="replace PREFIX.codes / .codebook.npy files")
 
     import_ = add_command(
         "import",
@@ -302,7 +316,11 @@ def _calibration(path: Path | None, source: EmbeddingSource) -> dict[str, Any]:
     if path is None:
         return {}
     if source.model is not None:
-        return {"calibration": path, "tokenizer": _model_tokenizer(source.model)}
+        tokenizer = _model_tokenizer(source.model)
+        rows = source.shape[0]
+        # Counted over the whole vocabulary, so that with --limit the tokens past the kept rows are just ignored.
+        counts = token_counts(tokenizer, path, max(rows, len(tokenizer)))
+        return {"calibration": counts[:rows]}
     if source.words is None:
         raise ValueError(
             "--calibration needs to know what each row stands for: give a table with words (GloVe/word2vec, or "
@@ -412,7 +430,23 @@ def _compress(args: argparse.Namespace) -> int:
     bits_per_code(args.codebook_size)
     if args.num_codebooks < 1:
         raise ValueError(f"-M must be a positive number of codebooks, got {args.num_codebooks}.")
+    # Everything that can be checked without the input is checked before reading it.
+    learning.check_arguments(
+        args.num_codebooks, args.codebook_size, args.seed, args.time_budget, args.max_iterations
+    )
+    learning.resolve_device(args.device)
     _check_output(output, checkpoint_dir, settings, resume=args.resume, overwrite=args.overwrite)
+    created = not output.exists()
+    try:
+        return _compress_into(args, output, checkpoint_dir, settings)
+    finally:
+        if created and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()  # a run that failed before its first checkpoint leaves nothing behind
+
+
+def _compress_into(
+    args: argparse.Namespace, output: Path, checkpoint_dir: Path, settings: dict[str, Any]
+) -> int:
     calibration = _calibration_file(args.calibration)
     source = _read_input(args.input, args, args.limit)
     words = source.words
@@ -494,8 +528,9 @@ def _check_output(
 
 
 def _refuse_overwrite(output: Path, overwrite: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"{output} exists and is not a directory; choose another -o.")
+    existing = next(path for path in (output, *output.parents) if path.exists())
+    if not existing.is_dir():
+        raise ValueError(f"-o {output}: {existing} exists and is not a directory; choose another -o.")
     if (output / ARTIFACT_CONFIG).exists() and not overwrite:
         raise ValueError(
             f"{output} already holds an artifact; pass --overwrite to replace it or choose another -o."
@@ -557,6 +592,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     module = _load_artifact(args.artifact)
     words = None if args.no_words else load_vocab(args.artifact)
+    existing = [path for path in reference_paths(args.prefix) if path.exists()]
+    if existing and not args.overwrite:
+        raise ValueError(
+            f"{' and '.join(map(str, existing))} already exist(s); pass --overwrite to replace, or choose another "
+            "--prefix."
+        )
     codes_path, codebook_path = save_reference(module, args.prefix, words=words)
     print(f"Wrote {codes_path} ({'with' if words is not None else 'without'} words) and {codebook_path}")
     return 0
@@ -579,13 +620,31 @@ def _import(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     _load_artifact(args.artifact)
     api = huggingface_hub.HfApi(token=args.token)
-    repo = api.create_repo(args.repo_id, private=args.private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo.repo_id,
-        folder_path=args.artifact,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        ignore_patterns=[f"{CHECKPOINT_DIR}/*", ".*"],
-    )
+    try:
+        repo = api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo.repo_id,
+            folder_path=args.artifact,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            ignore_patterns=[f"{CHECKPOINT_DIR}/*", ".*"],
+        )
+    except _network_errors() as error:
+        raise OSError(
+            f"cannot reach the Hugging Face Hub at {huggingface_hub.constants.ENDPOINT} ({error}); check the "
+            "network connection (or HF_ENDPOINT) and try again."
+        ) from error
     print(f"Pushed {args.artifact} to {repo}: {commit.commit_url}")
     return 0
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors (no network, connection refused) of the HTTP clients huggingface_hub may use; its HTTP
+    status errors are `OSError`s already."""
+    errors: list[type[BaseException]] = []
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -39,7 +40,13 @@ class ReferenceFormatError(ValueError):
 
 def reference_paths(prefix: str | Path) -> tuple[Path, Path]:
     """The (codes, codebook) file paths of a reference prefix such as ``data/model``."""
-    return Path(f"{prefix}{CODES_SUFFIX}"), Path(f"{prefix}{CODEBOOK_SUFFIX}")
+    text = os.fspath(prefix)
+    if not text or text.endswith(("/", os.sep)) or Path(text).is_dir():
+        raise ValueError(
+            f"prefix {text!r} must name the files, not a directory: e.g. {os.path.join(text, 'model')!r} for "
+            f"model{CODES_SUFFIX} and model{CODEBOOK_SUFFIX} there."
+        )
+    return Path(f"{text}{CODES_SUFFIX}"), Path(f"{text}{CODEBOOK_SUFFIX}")
 
 
 def save_reference(

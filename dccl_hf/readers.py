@@ -13,6 +13,7 @@ import json
 import logging
 import mmap
 import os
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -174,8 +175,13 @@ def _existing_file(path: Path) -> Path:
 def _open_binary(path: Path) -> Iterator[BinaryIO]:
     """Open a file for reading bytes, decompressing `.gz` files on the fly."""
     if path.suffix.lower() == ".gz":
-        with gzip.open(path, "rb") as file:
-            yield file
+        try:
+            with gzip.open(path, "rb") as file:
+                yield file
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+            raise ValueError(
+                f"{path} is not a readable gzip file ({error}); download it again, or decompress it and pass the result."
+            ) from error
     else:
         with open(path, "rb") as file:
             yield file
@@ -387,7 +393,7 @@ def _read_npy(path: Path, *, limit: int | None, words: list[str] | None) -> Embe
     """A 2-D float `.npy`, memory-mapped (not copied) when it is already float32."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:
+    except (ValueError, EOFError) as error:
         raise ValueError(f"{path} is not a readable .npy array ({error}).") from error
     matrix = _as_matrix(array, str(path), limit)
     if words is not None:

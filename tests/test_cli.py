@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import subprocess
@@ -398,12 +399,84 @@ def test_calibration_with_a_model_refuses_limit(
     tmp_path: Path, bert: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     calibration = tmp_path / "calibration.txt"
-    calibration.write_text("the cat sat on the mat\n", encoding="utf-8")
+    # Words past the kept rows too: their counts are dropped, not an error.
+    calibration.write_text(" ".join(WORDS) + "\n", encoding="utf-8")
     args = ["compress", str(bert), *MODEL_FAST, "--calibration", str(calibration), "--limit", "12"]
     code, _, stderr = run([*args, "-o", str(tmp_path / "a")], capsys)
     assert code == 2
     assert "--no-sensitivity --no-distill" in stderr
-    assert not (tmp_path / "a" / ".checkpoint").exists()
+    assert not (tmp_path / "a").exists()  # nothing left behind
     code, _, stderr = run([*args, "-o", str(tmp_path / "b"), "--no-sensitivity", "--no-distill"], capsys)
     assert code == 0, stderr
     assert CompressedEmbedding.from_pretrained(tmp_path / "b").num_embeddings == 12
+
+
+def test_invalid_input_files_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.npy").write_bytes(b"")
+    complete = gzip.compress(b"".join(b"w%d 0.1 0.2 0.3\n" % row for row in range(2000)))
+    (tmp_path / "cut.txt.gz").write_bytes(complete[: len(complete) // 2])
+    (tmp_path / "plain.txt.gz").write_bytes(b"w 0.1 0.2\n")
+    for name, message in [
+        ("empty.npy", "is not a readable .npy array"),
+        ("cut.txt.gz", "is not a readable gzip file"),
+        ("plain.txt.gz", "is not a readable gzip file"),
+    ]:
+        code, _, stderr = run(["compress", str(tmp_path / name), *FAST, "-o", str(tmp_path / "out")], capsys)
+        assert code == 2
+        assert f"{name} {message}" in stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_arguments_are_checked_before_the_input_is_read(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "afile").write_text("")
+    for extra, message in [
+        (["--device", "cuda"], "CUDA is not available"),
+        (["--time-budget", "0"], "time_budget must be a positive number"),
+        (["--max-iterations", "-1"], "max_iterations must be a non-negative integer"),
+        (["-o", str(tmp_path / "afile" / "sub")], "afile exists and is not a directory"),
+    ]:
+        args = ["compress", str(tmp_path / "missing.txt"), *FAST, "-o", str(tmp_path / "out"), *extra]
+        code, _, stderr = run(args, capsys)
+        assert code == 2
+        assert message in stderr
+        assert "missing.txt" not in stderr  # refused before the (missing) input is opened
+        assert not (tmp_path / "out").exists()
+    code, _, stderr = run(
+        ["compress", str(glove), *FAST, "-o", str(tmp_path / "out"), "--padding-idx", "999"], capsys
+    )
+    assert code == 2
+    assert "padding_idx must be an integer row index" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_a_directory_prefix_and_existing_files(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "artifact"
+    assert run(["compress", str(glove), *FAST, "-o", str(out)], capsys)[0] == 0
+    for prefix in (f"{tmp_path}/", str(tmp_path)):
+        code, _, stderr = run(["export", str(out), "--prefix", prefix], capsys)
+        assert code == 2
+        assert "must name the files, not a directory" in stderr
+    prefix = str(tmp_path / "ref")
+    assert run(["export", str(out), "--prefix", prefix], capsys)[0] == 0
+    code, _, stderr = run(["export", str(out), "--prefix", prefix], capsys)
+    assert code == 2
+    assert "pass --overwrite" in stderr
+    assert run(["export", str(out), "--prefix", prefix, "--overwrite"], capsys)[0] == 0
+
+
+def test_push_without_a_network_is_a_clear_error(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    out = tmp_path / "artifact"
+    assert run(["compress", str(glove), *FAST, "-o", str(out)], capsys)[0] == 0
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    code, _, stderr = run(["push", str(out), "someone/table", "--token", "hf_fake"], capsys)
+    assert code == 2
+    assert "cannot reach the Hugging Face Hub at http://127.0.0.1:9" in stderr

@@ -1,3 +1,4 @@
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,33 @@ def test_returns_compressed_embedding_that_reconstructs_the_matrix() -> None:
 
 
 def test_cuda_without_an_index_resolves_to_the_current_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     assert resolve_device("cuda") == torch.device("cuda", 1)
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
     assert resolve_device("cpu") == CPU
+    with pytest.raises(ValueError, match="has 2 CUDA device"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == CPU
+
+
+def test_a_table_larger_than_its_input_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="dccl_hf"):
+        compress(clustered(40, 3), 2, 64, max_iterations=1, progress=False)  # K > rows works, but grows
+    assert "larger than the dense one" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dccl_hf"):
+        compress(clustered(2000, 16), 2, 16, max_iterations=1, progress=False)
+    assert "larger than the dense one" not in caplog.text
+
+
+def test_a_refit_system_beyond_the_machine_memory_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"M·K = 2,097,152 codewords.*GiB"):
+        compress(clustered(300, 5), 32, 65536, progress=False)
 
 
 def test_device_clock_waits_for_queued_cuda_work(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -78,7 +78,7 @@ def compress(
     """
     started = time.monotonic()
     fit = _method(method)
-    _check_arguments(num_codebooks, codebook_size, seed, time_budget, max_iterations)
+    check_arguments(num_codebooks, codebook_size, seed, time_budget, max_iterations)
     if padding_idx is None and isinstance(matrix, nn.Embedding):
         padding_idx = matrix.padding_idx
     target = resolve_device(device)
@@ -148,6 +148,17 @@ def compress(
     if transform is not None:
         codebook = transform.restore_codebook(codebook)
     compressed = CompressedEmbedding.from_codes(codes, codebook, padding_idx=padding)
+    if compressed.compression_ratio < 1:
+        logger.warning(
+            "The compressed table is larger than the dense one (compression ratio %.2fx: %d bits of codes per "
+            "row and a codebook of M·K·D = %d values, against %d×%d float32 values); use fewer codebooks or "
+            "smaller ones.",
+            compressed.compression_ratio,
+            compressed.bits_per_row,
+            num_codebooks * codebook_size * dim,
+            rows,
+            dim,
+        )
     return compressed.to(_input_device(matrix))
 
 
@@ -193,8 +204,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(
             f"device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got {device!r}."
         ) from error
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", torch.cuda.current_device())
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r}: CUDA is not available to this torch build or machine; use 'cpu' (or 'auto')."
+            )
+        if resolved.index is None:
+            resolved = torch.device("cuda", torch.cuda.current_device())
+        elif resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+            )
     return resolved
 
 
@@ -262,9 +282,10 @@ def _method(method: str) -> FitFunction:
     return METHODS[method]
 
 
-def _check_arguments(
+def check_arguments(
     num_codebooks: int, codebook_size: int, seed: int, time_budget: float | None, max_iterations: int | None
 ) -> None:
+    """Raise a clear error for arguments `compress` cannot use, before any data is read."""
     if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or num_codebooks < 1:
         raise ValueError(f"num_codebooks must be a positive integer, got {num_codebooks!r}.")
     bits_per_code(codebook_size)

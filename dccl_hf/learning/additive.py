@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -66,6 +67,8 @@ MAX_WIDENING = 8
 #: 3,000 rows, M=32, K=16: 0.13 s instead of 1.1 s at the round's beam of 64, for the same estimate).
 PROBE_BEAM = 4
 PROBE_ROWS = 1024
+#: (M·K)² float64 matrices alive during a refit: the gram, the regularised system and its Cholesky factor.
+REFIT_COPIES = 3
 
 
 @dataclass
@@ -184,7 +187,7 @@ def fit_additive(
         cost = _RoundCost.probe(matrix, state.codebook, state.beam, icm_sweeps)
     widest = MAX_WIDENING * beam_size
     bar = tqdm(
-        total=max_iterations,
+        total=max_iterations if time_budget is None else None,  # a budget ends runs long before 100 rounds
         initial=state.iteration,
         disable=not progress,
         desc="additive",
@@ -896,6 +899,25 @@ def _validate(matrix: torch.Tensor, num_codebooks: int, codebook_size: int, beam
         )
     if beam_size < 1:
         raise ValueError(f"beam_size must be ≥ 1, got {beam_size}.")
+    width = num_codebooks * codebook_size
+    needed = REFIT_COPIES * 8 * width**2
+    memory = _device_memory(matrix.device)
+    if memory is not None and needed > memory:
+        raise ValueError(
+            f"M·K = {width:,} codewords: the least-squares refit of all codebooks solves a (M·K)² float64 system, "
+            f"about {needed / 2**30:,.1f} GiB, more than the {memory / 2**30:,.1f} GiB of {matrix.device}; use "
+            "fewer codebooks (num_codebooks, -M) or smaller ones (codebook_size, -K)."
+        )
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """Bytes of memory of `device` (physical memory for the CPU), or None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _normalise_weights(weights: torch.Tensor | None, matrix: torch.Tensor) -> torch.Tensor:
