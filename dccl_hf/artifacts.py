@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from dccl_hf.checks import is_integer
 from dccl_hf.files import write_file_atomic
 from dccl_hf.packing import bits_per_code, packed_row_bytes
 
@@ -113,7 +114,7 @@ def model_card_facts(module: CompressedEmbedding) -> dict[str, Any]:
         "row_bytes": packed_row_bytes(module.num_codebooks, module.codebook_size),
         "code_bytes": module.code_bytes,
         "codebook_bytes": module.codebook_bytes,
-        "dense_bytes": module.num_embeddings * module.embedding_dim * 4,
+        "dense_bytes": module.dense_bytes,
         "compression_ratio": f"{module.compression_ratio:.1f}",
     }
 
@@ -175,7 +176,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ArtifactError(path, f"expected a JSON object, got {type(config).__name__}.")
     version = config.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int):
+    if not is_integer(version):
         raise ArtifactError(path, "no integer 'format_version': this is not a dccl_hf artifact config.")
     if version > FORMAT_VERSION:
         raise ArtifactError(
@@ -184,7 +185,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         )
     for key in SHAPE_KEYS:
         value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_integer(value) or value < 1:
             raise ArtifactError(path, f"'{key}' must be a positive integer, got {value!r}.")
     try:
         bits_per_code(config["codebook_size"])
@@ -192,9 +193,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ArtifactError(path, str(error)) from error
     padding_idx = config.get("padding_idx")
     if padding_idx is not None and (
-        isinstance(padding_idx, bool)
-        or not isinstance(padding_idx, int)
-        or not 0 <= padding_idx < config["num_embeddings"]
+        not is_integer(padding_idx) or not 0 <= padding_idx < config["num_embeddings"]
     ):
         raise ArtifactError(
             path, f"'padding_idx' must be null or in [0, {config['num_embeddings']}), got {padding_idx!r}."

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
+from dccl_hf.checks import is_integer
 from dccl_hf.packing import bits_per_code, pack_codes, packed_row_bytes, unpack_codes
 
 
@@ -45,7 +46,7 @@ class CompressedEmbedding(
             ("embedding_dim", embedding_dim),
             ("num_codebooks", num_codebooks),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if padding_idx is not None:
             if not -num_embeddings <= padding_idx < num_embeddings:
@@ -138,10 +139,14 @@ class CompressedEmbedding(
         return self.codebook.numel() * self.codebook.element_size()
 
     @property
+    def dense_bytes(self) -> int:
+        """Bytes of the equivalent dense fp32 table."""
+        return self.num_embeddings * self.embedding_dim * 4
+
+    @property
     def compression_ratio(self) -> float:
         """Size of the equivalent dense fp32 table divided by the size of codes plus codebook."""
-        dense_bytes = self.num_embeddings * self.embedding_dim * 4
-        return dense_bytes / (self.code_bytes + self.codebook_bytes)
+        return self.dense_bytes / (self.code_bytes + self.codebook_bytes)
 
     def lookup_indices(self, flat_ids: torch.Tensor) -> torch.Tensor:
         """Rows of the flattened (M·K, D) codebook to sum for each id: int32 (N, M)."""

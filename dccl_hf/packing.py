@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from dccl_hf.checks import is_integer
+
 MIN_CODEBOOK_SIZE = 2
 MAX_CODEBOOK_SIZE = 65536
 
@@ -18,8 +20,7 @@ MAX_CODEBOOK_SIZE = 65536
 def bits_per_code(codebook_size: int) -> int:
     """Return log2(K), rejecting sizes that are not a power of two in [2, 65536]."""
     if (
-        isinstance(codebook_size, bool)
-        or not isinstance(codebook_size, int)
+        not is_integer(codebook_size)
         or not MIN_CODEBOOK_SIZE <= codebook_size <= MAX_CODEBOOK_SIZE
         or codebook_size & (codebook_size - 1)
     ):

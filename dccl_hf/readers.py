@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dccl_hf.checks import is_integer
 from dccl_hf.files import write_file_atomic
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def read_embeddings(
     matrix (a word list or a file with one word per line); by default `<stem>.vocab.txt` beside the file is used.
     `revision` and `token` apply to Hub repo ids.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not is_integer(limit) or limit < 1):
         raise ValueError(f"limit must be a positive number of rows, got {limit!r}.")
     if format is not None and format not in FORMATS:
         raise ValueError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")

@@ -31,6 +31,7 @@ from typing import TypeAlias
 import torch
 from tqdm.auto import tqdm
 
+from dccl_hf.checks import is_integer
 from dccl_hf.fidelity.models import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def token_counts(
     special tokens, which the model reads on every input too. A plain `str` must name an existing file; wrap a single
     text in a list.
     """
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+    if not is_integer(vocab_size) or vocab_size < 1:
         raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}.")
     if isinstance(calibration, torch.Tensor):
         if tuple(calibration.shape) != (vocab_size,):
@@ -232,7 +233,7 @@ def zipf_weights(vocab_size: int, *, exponent: float = 1.0, power: float = DEFAU
     Word frequencies follow Zipf's law, count ∝ 1 / rank**exponent; the result is `weights_from_counts` applied to
     those expected counts, scaled so the rarest row has a count of 1.
     """
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+    if not is_integer(vocab_size) or vocab_size < 1:
         raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}.")
     if not exponent > 0:
         raise ValueError(f"exponent must be > 0, got {exponent}.")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dccl_hf.checks import is_integer
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.models import (
     Model,
@@ -85,7 +86,7 @@ def _validate(
         raise ValueError(f"distillation needs at least 2 texts (some are held out), got {len(texts)}.")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+    if steps is not None and (not is_integer(steps) or steps < 1):
         raise ValueError(f"steps must be a positive integer or None, got {steps!r}.")
     if time_budget is not None and not time_budget > 0:
         raise ValueError(f"time_budget must be a positive number of seconds or None, got {time_budget!r}.")

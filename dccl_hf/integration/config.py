@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from dccl_hf.checks import is_integer
 from dccl_hf.packing import bits_per_code
 
 QUANT_METHOD = "dccl"
@@ -45,7 +46,7 @@ class DcclConfig(QuantizationConfigMixin):
             raise ValueError(f"DcclConfig is for quant_method={QUANT_METHOD!r}, got {method!r}.")
         if kwargs:
             raise TypeError(f"Unknown DcclConfig fields: {sorted(kwargs)}.")
-        if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or num_codebooks < 1:
+        if not is_integer(num_codebooks) or num_codebooks < 1:
             raise ValueError(f"num_codebooks must be a positive integer, got {num_codebooks!r}.")
         self.quant_method = QUANT_METHOD
         self.num_codebooks = num_codebooks

@@ -19,6 +19,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 from transformers import PreTrainedModel
 
+from dccl_hf.checks import is_integer
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import (
     Calibration,
@@ -273,7 +274,7 @@ def resize_compressed(
     compressed: CompressedEmbedding, new_num_tokens: int, mean_row: torch.Tensor
 ) -> CompressedEmbedding:
     """Drop rows from the end, or add rows whose codes encode `mean_row`; the codebook is kept."""
-    if isinstance(new_num_tokens, bool) or not isinstance(new_num_tokens, int) or new_num_tokens < 1:
+    if not is_integer(new_num_tokens) or new_num_tokens < 1:
         raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}.")
     codes = compressed.codes
     if new_num_tokens > compressed.num_embeddings:

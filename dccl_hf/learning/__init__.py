@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from dccl_hf.checks import is_integer
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import Calibration, row_weights_from_calibration
 from dccl_hf.fidelity.models import Tokenizer
-from dccl_hf.learning.additive import fit_additive
+from dccl_hf.learning.additive import CHUNK_ELEMENTS, fit_additive
 from dccl_hf.learning.checkpoint import Checkpointer
 from dccl_hf.learning.dccl import fit_dccl
 from dccl_hf.learning.metric import MetricTransform
@@ -34,9 +35,6 @@ FitFunction = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 #: The learning methods `compress` knows, by name. Each follows the shared `fit` signature (docs/architecture.md).
 METHODS: dict[str, FitFunction] = {"additive": fit_additive, "dccl": fit_dccl}
-
-#: Float elements per chunk when reading or checking a matrix (16 MiB of float32).
-CHUNK_ELEMENTS = 1 << 22
 
 
 def compress(
@@ -286,16 +284,14 @@ def check_arguments(
     num_codebooks: int, codebook_size: int, seed: int, time_budget: float | None, max_iterations: int | None
 ) -> None:
     """Raise a clear error for arguments `compress` cannot use, before any data is read."""
-    if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or num_codebooks < 1:
+    if not is_integer(num_codebooks) or num_codebooks < 1:
         raise ValueError(f"num_codebooks must be a positive integer, got {num_codebooks!r}.")
     bits_per_code(codebook_size)
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_integer(seed):
         raise TypeError(f"seed must be an integer, got {seed!r}.")
     if time_budget is not None and not time_budget > 0:
         raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}.")
-    if max_iterations is not None and (
-        isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 0
-    ):
+    if max_iterations is not None and (not is_integer(max_iterations) or max_iterations < 0):
         raise ValueError(f"max_iterations must be a non-negative integer, got {max_iterations!r}.")
 
 
@@ -354,7 +350,7 @@ def _check_finite(chunk: torch.Tensor, start: int) -> None:
 def _padding_index(padding_idx: int | None, rows: int) -> int | None:
     if padding_idx is None:
         return None
-    if isinstance(padding_idx, bool) or not isinstance(padding_idx, int) or not -rows <= padding_idx < rows:
+    if not is_integer(padding_idx) or not -rows <= padding_idx < rows:
         raise ValueError(
             f"padding_idx must be an integer row index in [-{rows}, {rows}), got {padding_idx!r}."
         )

@@ -31,15 +31,21 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dccl_hf.learning.additive import PACKING_RESERVE, decode, icm, solve_codebook, sufficient_statistics
+from dccl_hf.checks import is_integer
+from dccl_hf.learning.additive import (
+    CHUNK_ELEMENTS,
+    PACKING_RESERVE,
+    decode,
+    icm,
+    solve_codebook,
+    sufficient_statistics,
+)
 from dccl_hf.learning.checkpoint import Checkpointer
 from dccl_hf.learning.clock import device_clock
 from dccl_hf.packing import bits_per_code
 
 logger = logging.getLogger(__name__)
 
-#: Float elements of one chunk's work tensors when encoding or decoding many rows at once.
-CHUNK_ELEMENTS = 1 << 22
 #: The reference's constants: log(softplus(·) + LOGIT_EPS) and the Gumbel noise's eps.
 LOGIT_EPS = 1e-8
 GUMBEL_EPS = 1e-20
@@ -156,7 +162,7 @@ def fit_dccl(
     codes.
     """
     _validate(matrix, num_codebooks, codebook_size, batch_size, max_epochs)
-    if isinstance(polish_rounds, bool) or not isinstance(polish_rounds, int) or polish_rounds < 0:
+    if not is_integer(polish_rounds) or polish_rounds < 0:
         raise ValueError(f"polish_rounds must be a non-negative integer, got {polish_rounds!r}.")
     matrix = matrix.detach()
     device = matrix.device
@@ -386,7 +392,7 @@ def _validate(
         ("batch_size", batch_size),
         ("max_epochs", max_epochs),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_integer(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
