@@ -106,6 +106,10 @@ def test_texts_need_a_tokenizer_and_ids_must_fit(tokenizer: BertTokenizerFast) -
         token_counts(None, TEXTS, len(tokenizer), progress=False)
     with pytest.raises(ValueError, match="belongs to this model"):
         token_counts(tokenizer, TEXTS, 5, progress=False)
+    with pytest.raises(
+        ValueError, match=r"must be in \[0, 10\), got -1\."
+    ):  # the offending id, not the largest
+        token_counts(None, {3: 2, -1: 1}, 10, progress=False)
     with pytest.raises(ValueError, match="vocab_size"):
         token_counts(tokenizer, TEXTS, 0, progress=False)
 
@@ -134,5 +138,6 @@ def test_word_counts_for_word_tables(tmp_path: Path) -> None:
     assert word_counts(vocabulary, ["The cat"], lowercase=False).tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
     weights = weights_from_counts(counts)
     assert float(weights[0]) > float(weights[2]) > 0
+    assert word_counts(["a", "b", "a"], ["a a b"]).tolist() == [2.0, 1.0, 2.0]  # a repeated word: every row
     with pytest.raises(ValueError, match="vocabulary is empty"):
         word_counts([], ["text"])

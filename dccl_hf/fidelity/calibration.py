@@ -86,15 +86,20 @@ def _texts(calibration: Iterable[str] | str | os.PathLike[str]) -> list[str]:
     return [text for batch in _batches(calibration, 1024) for text in batch]
 
 
+def _out_of_range(ids: torch.Tensor, vocab_size: int) -> int | None:
+    """The first token id outside [0, vocab_size), or None."""
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    return int(bad[0]) if bad.numel() else None
+
+
 def _counts_from_mapping(counts: Mapping[int, int], vocab_size: int) -> torch.Tensor:
     if not counts:
         return torch.zeros(vocab_size, dtype=torch.float64)
     ids = torch.tensor(list(counts.keys()), dtype=torch.int64)
     values = torch.tensor(list(counts.values()), dtype=torch.float64)
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
-        raise ValueError(
-            f"token ids in calibration counts must be in [0, {vocab_size}), got {int(ids.max())}."
-        )
+    bad = _out_of_range(ids, vocab_size)
+    if bad is not None:
+        raise ValueError(f"token ids in calibration counts must be in [0, {vocab_size}), got {bad}.")
     result = torch.zeros(vocab_size, dtype=torch.float64)
     return result.index_add_(0, ids, values)
 
@@ -109,9 +114,10 @@ def _counts_from_texts(
     ):
         encoded = tokenizer(batch, add_special_tokens=True, truncation=False, verbose=False)
         ids = torch.tensor([token for row in encoded["input_ids"] for token in row], dtype=torch.int64)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        bad = _out_of_range(ids, vocab_size)
+        if bad is not None:
             raise ValueError(
-                f"the tokenizer produced token id {int(ids.max())} but the embedding table has {vocab_size} rows; "
+                f"the tokenizer produced token id {bad} but the embedding table has {vocab_size} rows; "
                 "pass the tokenizer that belongs to this model."
             )
         counts += torch.bincount(ids, minlength=vocab_size).to(torch.float64)
@@ -165,17 +171,17 @@ def word_counts(
     Texts (an iterable or a text file, as for `token_counts`) are split into words and punctuation marks, lowercased
     unless `lowercase` is False; words outside the vocabulary are ignored.
     """
-    index = {word: row for row, word in enumerate(vocabulary)}
+    index: dict[str, list[int]] = {}
+    for row, word in enumerate(vocabulary):
+        index.setdefault(word, []).append(row)
     if not index:
         raise ValueError("vocabulary is empty; pass the table's words in row order.")
     found: Counter[str] = Counter()
     for text in _texts(calibration):
         found.update(WORD_PATTERN.findall(text.lower() if lowercase else text))
     counts = torch.zeros(len(vocabulary), dtype=torch.float64)
-    known = [(index[word], count) for word, count in found.items() if word in index]
-    if known:
-        rows, values = zip(*known, strict=True)
-        counts[list(rows)] = torch.tensor(values, dtype=torch.float64)
+    for word, count in found.items():
+        counts[index.get(word, [])] = float(count)  # every row of a word listed twice
     return counts
 
 
