@@ -25,6 +25,7 @@ from dccl_hf.fidelity.models import Tokenizer
 from dccl_hf.learning.additive import CHUNK_ELEMENTS, fit_additive
 from dccl_hf.learning.checkpoint import Checkpointer
 from dccl_hf.learning.dccl import fit_dccl
+from dccl_hf.learning.distributed import all_sum, gather_rows, is_sharded, rank_and_size, shard_rows
 from dccl_hf.learning.metric import MetricTransform
 from dccl_hf.packing import bits_per_code
 
@@ -73,6 +74,11 @@ def compress(
     the run; with `checkpoint_dir` the run saves its state there and a rerun of the same job resumes from it.
     Learning runs on `device` ("auto": CUDA when there is one); the module is returned on the input's device.
     `options` go to the method (see `METHODS`).
+
+    Data parallel: called on every rank of an initialised `torch.distributed` process group (e.g. under
+    `torchrun`), each with a contiguous block of the rows in rank order (and `weights` for those rows;
+    `padding_idx` counts in the whole table), the additive method learns one codebook from all shards and every
+    rank gets the module for the whole table (see `dccl_hf.learning.distributed`).
     """
     started = time.monotonic()
     fit = _method(method)
@@ -83,15 +89,20 @@ def compress(
     copied = _shared_tensor(_source(matrix), target) is None
     data = load_matrix(matrix, target)
     rows, dim = data.shape
+    if is_sharded():
+        _check_sharded(method, calibration, checkpoint_dir)
+    shards = shard_rows(rows, target)
+    offset = sum(shards[: rank_and_size()[0]])  # this shard's first row in the whole table
     matrix_digest = _digest(data) if checkpoint_dir is not None else None
-    padding = _padding_index(padding_idx, rows)
+    padding = _padding_index(padding_idx, sum(shards))
+    local_padding = padding - offset if padding is not None and 0 <= padding - offset < rows else None
     if calibration is not None:
         if weights is not None:
             raise TypeError("Pass either calibration (row weights from token counts) or weights, not both.")
         weights = row_weights_from_calibration(tokenizer, calibration, rows, progress=progress)
         if method == "additive":
             options.setdefault("objective", "squared")
-    row_weights = _row_weights(weights, rows, padding, target)
+    row_weights = _row_weights(weights, rows, local_padding, target)
     transform = None if metric is None else MetricTransform.from_metric(metric, dim, target)
     if transform is not None:
         data = transform.apply(data, in_place=copied)
@@ -145,7 +156,7 @@ def compress(
         codebook[0] += mean
     if transform is not None:
         codebook = transform.restore_codebook(codebook)
-    compressed = CompressedEmbedding.from_codes(codes, codebook, padding_idx=padding)
+    compressed = CompressedEmbedding.from_codes(gather_rows(codes), codebook, padding_idx=padding)
     if compressed.compression_ratio < 1:
         logger.warning(
             "The compressed table is larger than the dense one (compression ratio %.2fx: %d bits of codes per "
@@ -154,7 +165,7 @@ def compress(
             compressed.compression_ratio,
             compressed.bits_per_row,
             num_codebooks * codebook_size * dim,
-            rows,
+            compressed.num_embeddings,
             dim,
         )
     return compressed.to(_input_device(matrix))
@@ -264,14 +275,32 @@ def _centred(data: torch.Tensor, *, in_place: bool) -> tuple[torch.Tensor, torch
     """The rows minus their mean (in place when allowed, else into one new tensor) and that mean (D,)."""
     rows, dim = data.shape
     step = max(1, CHUNK_ELEMENTS // dim)
-    total = torch.zeros(dim, dtype=torch.float64, device=data.device)
+    total = torch.zeros(dim + 1, dtype=torch.float64, device=data.device)
+    total[dim] = rows
     for start in range(0, rows, step):
-        total += data[start : start + step].double().sum(dim=0)
-    mean = (total / rows).to(data.dtype)
+        total[:dim] += data[start : start + step].double().sum(dim=0)
+    all_sum(total)  # over every shard's rows
+    mean = (total[:dim] / total[dim]).to(data.dtype)
     result = data if in_place else torch.empty_like(data)
     for start in range(0, rows, step):
         torch.sub(data[start : start + step], mean, out=result[start : start + step])
     return result, mean
+
+
+def _check_sharded(
+    method: str, calibration: Calibration | None, checkpoint_dir: str | os.PathLike[str] | None
+) -> None:
+    """What data-parallel compression does not support yet, as clear errors."""
+    unsupported = [
+        (method != "additive", f"method={method!r} (only 'additive' learns data-parallel)"),
+        (calibration is not None, "calibration= (pass weights= for this rank's rows)"),
+        (checkpoint_dir is not None, "checkpoint_dir= (checkpoints are not sharded yet)"),
+    ]
+    for applies, what in unsupported:
+        if applies:
+            raise ValueError(
+                f"compress with rows sharded over torch.distributed ranks does not support {what}."
+            )
 
 
 def _method(method: str) -> FitFunction:

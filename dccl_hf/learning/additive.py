@@ -15,8 +15,8 @@ weighted mean squared distance Σ u_i ||e_i − ê_i||² / Σ u_i:
 
 The codebooks start from residual quantization trained along a beam search (like faiss's
 ResidualQuantizer). Code assignment is per row and the refit only needs `sufficient_statistics` summed over
-rows, so the loop is laid out for data parallelism: the refit's statistics pass through `_reduce`; what else must
-be shared across ranks first is listed in docs/architecture.md ("Scaling out").
+rows, so the loop runs data-parallel over row shards (`dccl_hf.learning.distributed`): sums over rows go through
+`all_sum`, the initial codebook comes from rank 0, and rank 0's clock decides for every rank.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from dccl_hf.learning.checkpoint import Checkpointer
 from dccl_hf.learning.clock import device_clock
+from dccl_hf.learning.distributed import agreed, all_sum, broadcast, rank_and_size
 
 logger = logging.getLogger(__name__)
 
@@ -183,13 +184,13 @@ def fit_additive(
     offset = state.elapsed - (time.monotonic() - start)
     deadline = None if time_budget is None else start - offset + (1.0 - PACKING_RESERVE) * time_budget
     cost = None  # no probe when the initialisation has spent the budget: no round would fit
-    if deadline is not None and deadline > time.monotonic():
+    if deadline is not None and deadline > time.monotonic() and rank_and_size()[0] == 0:
         cost = _RoundCost.probe(matrix, state.codebook, state.beam, icm_sweeps)
     widest = MAX_WIDENING * beam_size
     bar = tqdm(
         total=max_iterations if time_budget is None else None,  # a budget ends runs long before 100 rounds
         initial=state.iteration,
-        disable=not progress,
+        disable=not progress or rank_and_size()[0] > 0,
         desc="additive",
         unit="round",
     )
@@ -203,10 +204,18 @@ def fit_additive(
         width, share = state.beam, 1.0
         if deadline is not None:
             fitting = None if cost is None else cost.widest_beam(state.beam, deadline - time.monotonic())
-            if cost is None or fitting is None:
+            # Rank 0's clock decides for every rank (-1: no round fits).
+            chosen, chosen_share = agreed(
+                [
+                    -1 if fitting is None else fitting,
+                    0.0 if fitting is None else cost.seconds(fitting) / cost.seconds(state.beam),
+                ],
+                matrix.device,
+            )
+            if chosen < 0:
                 logger.info("Stopping: another round would exceed the time budget of %.1f s", time_budget)
                 break
-            width, share = fitting, cost.seconds(fitting) / cost.seconds(state.beam)
+            width, share = int(chosen), chosen_share
             if width < state.beam:
                 logger.info("Round %d with beam %d to fit the time budget", state.iteration + 1, width)
         round_start = device_clock(matrix.device)
@@ -335,9 +344,9 @@ class _RoundCost:
         encoded = beam_search(rows, codebook, width)
         beam_end = device_clock(matrix.device)
         icm(rows, encoded, codebook, 2 * icm_sweeps)
-        sufficient_statistics(rows, encoded, rows.new_ones(probe), codebook.shape[1])
+        _shard_statistics(rows, encoded, rows.new_ones(probe), codebook.shape[1])
         rows_end = device_clock(matrix.device)
-        gram, cross = sufficient_statistics(rows[:0], encoded[:0], rows.new_ones(0), codebook.shape[1])
+        gram, cross = _shard_statistics(rows[:0], encoded[:0], rows.new_ones(0), codebook.shape[1])
         assembly_end = device_clock(matrix.device)
         solve_codebook(gram, cross, codebook, 1e-6)
         fixed = device_clock(matrix.device) - rows_end
@@ -377,12 +386,14 @@ def _keep_better(
 def _objective(distances: torch.Tensor, row_weights: torch.Tensor, objective: Objective) -> float:
     """Weighted mean euclidean or squared distance, the quantity the algorithm minimises."""
     values = distances.double() if objective == "distance" else distances.double().square()
-    return float((values * row_weights).sum() / row_weights.sum())
+    totals = all_sum(torch.stack([(values * row_weights).sum(), row_weights.double().sum()]))
+    return float(totals[0] / totals[1])
 
 
 def _distance_floor(distances: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
     """Smallest distance used in the IRLS weights, so that exactly reconstructed rows do not dominate."""
-    return (1e-2 * (distances * row_weights).sum() / row_weights.sum()).clamp_min(1e-12)
+    totals = all_sum(torch.stack([(distances.double() * row_weights).sum(), row_weights.double().sum()]))
+    return (1e-2 * totals[0] / totals[1]).clamp_min(1e-12).to(distances.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -691,8 +702,12 @@ def residual_beam_init(
     (all rows when they fit); the sample's codes are its beams' best, the other rows are encoded afterwards. With
     `seconds`, beams narrow (down to greedy residual quantization) where the time measured so far says the
     initialisation would not fit in that many seconds: first the encoding of the rows outside the sample, then
-    the training beam. k-means is never shortened.
+    the training beam. k-means is never shortened. With rows sharded over ranks, rank 0 learns the codebook from
+    its shard (a row sample anyway) and every other rank receives it and encodes its own rows.
     """
+    if rank_and_size()[0] > 0:
+        codebook = broadcast(matrix.new_empty(num_codebooks, codebook_size, matrix.shape[1]))
+        return codebook, beam_search(matrix, codebook, beam_size)
     start = time.monotonic()
     num_rows, dim = matrix.shape
     # Beams persist for the whole sample: codes and scores, plus residuals unless scoring uses tables.
@@ -723,6 +738,7 @@ def residual_beam_init(
         if seconds is not None:
             plan = plan.measured(extend_start - stage_start, device_clock(matrix.device) - extend_start)
             plan = plan.fitted(num_codebooks - m - 1, num_codebooks, seconds - (time.monotonic() - start))
+    broadcast(codebook)
     if plan.training_beam < beam_size or plan.encoding_beam < beam_size:
         logger.info(
             "Initialisation narrowed to fit its %.1f s: training beam %d, encoding beam %d",
@@ -825,8 +841,19 @@ def sufficient_statistics(
     """Σ_i w_i b_i b_iᵀ ((M·K)×(M·K), float64) and Σ_i w_i b_i e_iᵀ ((M·K)×D), b_i the one-hot code vector.
 
     These sums are all the least-squares refit needs; under data parallelism each rank computes them for
-    its rows and `_reduce` adds them up.
+    its rows and `all_sum` adds them up.
     """
+    gram, cross = _shard_statistics(matrix, codes, row_weights, codebook_size)
+    return all_sum(gram), all_sum(cross)
+
+
+def _shard_statistics(
+    matrix: torch.Tensor,
+    codes: torch.Tensor,
+    row_weights: torch.Tensor,
+    codebook_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sufficient_statistics` of this process's rows alone."""
     num_codebooks = codes.shape[1]
     width = num_codebooks * codebook_size
     offsets = torch.arange(num_codebooks, device=codes.device) * codebook_size
@@ -850,12 +877,7 @@ def sufficient_statistics(
     for m in range(num_codebooks - 1):
         rows, below = slice(m * codebook_size, (m + 1) * codebook_size), slice((m + 1) * codebook_size, None)
         gram[below, rows] = gram[rows, below].T
-    return _reduce(gram), _reduce(cross)
-
-
-def _reduce(statistic: torch.Tensor) -> torch.Tensor:
-    """Sum a per-shard statistic over all data-parallel workers (identity in a single process)."""
-    return statistic
+    return gram, cross
 
 
 def solve_codebook(
@@ -921,18 +943,21 @@ def _device_memory(device: torch.device) -> int | None:
 
 
 def _normalise_weights(weights: torch.Tensor | None, matrix: torch.Tensor) -> torch.Tensor:
-    """Row weights as a float tensor on the matrix's device, mean 1 (uniform when None)."""
+    """Row weights as a float tensor on the matrix's device, mean 1 over all shards' rows (uniform when None;
+    normalised all the same, as other shards may have weights)."""
     if weights is None:
-        return torch.ones(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+        weights = torch.ones(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
     weights = torch.as_tensor(weights).to(device=matrix.device, dtype=matrix.dtype).reshape(-1)
     if weights.shape[0] != matrix.shape[0]:
         raise ValueError(f"weights has {weights.shape[0]} entries but the matrix has {matrix.shape[0]} rows.")
     if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
         raise ValueError("weights must be finite and ≥ 0 (e.g. token frequencies).")
-    total = float(weights.sum())
+    total, rows = all_sum(
+        torch.stack([weights.double().sum(), weights.new_tensor(weights.shape[0]).double()])
+    )
     if total <= 0:
         raise ValueError("weights are all zero; give at least one row a positive weight.")
-    return weights * (weights.shape[0] / total)
+    return weights * float(rows / total)
 
 
 def _save(checkpointer: Checkpointer | None, state: _State, generator: torch.Generator) -> None:

@@ -1,0 +1,71 @@
+"""Data parallelism over row shards with `torch.distributed` (e.g. under `torchrun`).
+
+Each rank holds a contiguous block of the table's rows, in rank order. Every sum over rows goes through
+`all_sum`, every decision taken from one rank's clock through `agreed`, and the codes come back together with
+`gather_rows`. In a single process (no initialised process group) each is the identity, so the learners run
+unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def rank_and_size() -> tuple[int, int]:
+    """(this process's rank, number of processes): (0, 1) without an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_sharded() -> bool:
+    """Whether the rows are split over several processes."""
+    return rank_and_size()[1] > 1
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over all ranks (in place; returned for chaining)."""
+    if is_sharded():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def agreed(values: list[float], device: torch.device) -> list[float]:
+    """Rank 0's `values`, on every rank: decisions taken from a clock (time budgets) must not differ between
+    ranks, or they would enter the next collective at different points."""
+    if not is_sharded():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return tensor.tolist()
+
+
+def broadcast(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `tensor` on every rank (in place)."""
+    if is_sharded():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def shard_rows(rows: int, device: torch.device) -> list[int]:
+    """The number of rows of every rank's shard, in rank order."""
+    _, size = rank_and_size()
+    if size == 1:
+        return [rows]
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(size)]
+    dist.all_gather(counts, torch.tensor([rows], dtype=torch.int64, device=device))
+    return [int(count) for count in counts]
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` (rows × …) concatenated in rank order, on every rank."""
+    _, size = rank_and_size()
+    if size == 1:
+        return tensor
+    counts = shard_rows(tensor.shape[0], tensor.device)
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
