@@ -286,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="create the repository as private")
     push.add_argument("--token", help="Hub access token (default: HF_TOKEN or the saved login)")
     push.add_argument("--revision", help="branch to push to (default: main)")
-    push.add_argument("--commit-message", default="Upload compressed embeddings with dccl-hf")
+    push.add_argument(
+        "--commit-message",
+        default="Upload compressed embeddings with dccl-hf",
+        help="message of the commit on the Hub (default: %(default)s)",
+    )
     return parser
 
 

@@ -95,6 +95,20 @@ def read_embeddings(
         return NAMED_SOURCES[name](limit=limit, progress=progress)
     if format is None:
         format = _guess_format(name, path)
+    ignored = [
+        option
+        for option, value, used_by in (
+            ("tensor", tensor, ("safetensors", "huggingface")),
+            ("vocab", vocab, ("npy", "safetensors")),
+        )
+        if value is not None and format not in used_by
+    ]
+    if ignored:
+        raise ValueError(
+            f"{name} is read as {format}, which has no use for {' or '.join(ignored)}: "
+            f"{'tensor picks a tensor of a safetensors file or model; ' if 'tensor' in ignored else ''}"
+            f"{'vocab gives the words of a .npy or safetensors matrix; ' if 'vocab' in ignored else ''}drop it."
+        )
     if format in TEXT_FORMATS:
         header = {"text": None, "glove": False, "word2vec-text": True}[format]
         return _read_text(_existing_file(path), limit=limit, header=header, progress=progress)
@@ -127,6 +141,8 @@ def load_vocab(directory: str | os.PathLike[str]) -> list[str] | None:
 
 def read_word_list(path: str | os.PathLike[str]) -> list[str]:
     """Words from a UTF-8 file with one word per line (split on newlines only, so other whitespace is kept)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"word list {path} does not exist or is not a file.")
     data = Path(path).read_bytes()
     try:
         text = data.decode("utf-8")

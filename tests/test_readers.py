@@ -68,6 +68,17 @@ def test_glove_text(tmp_path: Path, matrix: np.ndarray) -> None:
     assert source.model is None
 
 
+def test_options_a_format_has_no_use_for_are_errors(tmp_path: Path, matrix: np.ndarray) -> None:
+    path = write_text(tmp_path / "vectors.txt", text_lines(WORDS, matrix))
+    with pytest.raises(ValueError, match="read as text, which has no use for tensor"):
+        read_embeddings(path, tensor="weight", progress=False)
+    with pytest.raises(ValueError, match="has no use for vocab"):
+        read_embeddings(path, vocab=WORDS, progress=False)
+    np.save(tmp_path / "table.npy", matrix)
+    with pytest.raises(FileNotFoundError, match=r"word list .*missing\.txt does not exist"):
+        read_embeddings(tmp_path / "table.npy", vocab=tmp_path / "missing.txt")
+
+
 def test_vec_with_header_and_gzip(tmp_path: Path, matrix: np.ndarray) -> None:
     path = write_text(tmp_path / "vectors.vec", text_lines(WORDS, matrix), header="7 4\n")
     assert_source(read_embeddings(path, progress=False), matrix, WORDS)
