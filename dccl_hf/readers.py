@@ -253,9 +253,14 @@ class _TextChunk:
             # A word with spaces in it (GloVe 840B has a few, e.g. ". . ."): the last `dim` fields are the values.
             fields = [b" ".join(fields[: -self.dim]), *fields[-self.dim :]]
         if len(fields) != self.dim + 1:
+            hint = (
+                "a first line of two numbers is a word2vec `count dim` header: read the file as format text or "
+                "word2vec-text"
+                if self.dim == 1
+                else "the dimension comes from the header or the first line; is the file truncated or ragged?"
+            )
             raise ValueError(
-                f"{where}: expected a word and {self.dim} values, found {len(fields) - 1} values "
-                "(the dimension comes from the header or the first line; is the file truncated or ragged?)."
+                f"{where}: expected a word and {self.dim} values, found {len(fields) - 1} values ({hint})."
             )
         self.words.append(_decode_word(fields[0], where))
         self.line_numbers.append(line_number)
@@ -319,7 +324,7 @@ def _read_text(path: Path, *, limit: int | None, header: bool | None, progress: 
                 if header:
                     raise ValueError(
                         f"{path}, line 1: expected a `count dim` header line (word2vec text format), found "
-                        f"{len(fields)} fields; use format='glove' for files without a header."
+                        f"{len(fields)} fields; use format glove (--format glove) for files without a header."
                     )
             if count is not None and rows == count:
                 raise ValueError(
@@ -432,7 +437,7 @@ def _read_safetensors(
                 if len(matrices) != 1:
                     listing = ", ".join(f"{key} {tuple(shapes[key])}" for key in matrices) or "none"
                     raise ValueError(
-                        f"{path} holds {len(matrices)} 2-D tensors ({listing}); pick one with tensor= (--tensor)."
+                        f"{path} holds {len(matrices)} 2-D tensors ({listing}); pick one with tensor (--tensor NAME)."
                     )
                 tensor = matrices[0]
             if tensor not in shapes:

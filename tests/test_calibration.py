@@ -139,5 +139,7 @@ def test_word_counts_for_word_tables(tmp_path: Path) -> None:
     weights = weights_from_counts(counts)
     assert float(weights[0]) > float(weights[2]) > 0
     assert word_counts(["a", "b", "a"], ["a a b"]).tolist() == [2.0, 1.0, 2.0]  # a repeated word: every row
+    with pytest.raises(ValueError, match="calibration corpus is empty"):
+        word_counts(vocabulary, ["", "   "])
     with pytest.raises(ValueError, match="vocabulary is empty"):
         word_counts([], ["text"])

@@ -79,6 +79,12 @@ def test_options_a_format_has_no_use_for_are_errors(tmp_path: Path, matrix: np.n
         read_embeddings(tmp_path / "table.npy", vocab=tmp_path / "missing.txt")
 
 
+def test_a_header_read_as_glove_is_named_in_the_error(tmp_path: Path, matrix: np.ndarray) -> None:
+    path = write_text(tmp_path / "vectors.txt", text_lines(WORDS, matrix), header=f"{len(WORDS)} 4\n")
+    with pytest.raises(ValueError, match=r"line 2: .*word2vec `count dim` header"):
+        read_embeddings(path, format="glove", progress=False)
+
+
 def test_vec_with_header_and_gzip(tmp_path: Path, matrix: np.ndarray) -> None:
     path = write_text(tmp_path / "vectors.vec", text_lines(WORDS, matrix), header="7 4\n")
     assert_source(read_embeddings(path, progress=False), matrix, WORDS)

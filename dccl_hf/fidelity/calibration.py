@@ -179,6 +179,8 @@ def word_counts(
     found: Counter[str] = Counter()
     for text in _texts(calibration):
         found.update(WORD_PATTERN.findall(text.lower() if lowercase else text))
+    if not found:
+        raise ValueError("the calibration corpus is empty; pass at least one non-empty text.")
     counts = torch.zeros(len(vocabulary), dtype=torch.float64)
     for word, count in found.items():
         counts[index.get(word, [])] = float(count)  # every row of a word listed twice
