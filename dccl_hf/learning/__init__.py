@@ -171,6 +171,14 @@ def compress(
     return compressed.to(_input_device(matrix))
 
 
+#: Job entries that fingerprint data rather than name a setting, and what they stand for in messages.
+FINGERPRINTS = {
+    "matrix_sha256": "the matrix's values (matrix_sha256)",
+    "weights_sum": "the row weights (weights_sum: weights, calibration or padding_idx)",
+    "metric_sum": "the metric (metric_sum)",
+}
+
+
 class JobCheckpointer(Checkpointer):
     """A `Checkpointer` that stamps every state with its job and refuses to resume a different job."""
 
@@ -186,7 +194,9 @@ class JobCheckpointer(Checkpointer):
         if saved != self.job:
             if isinstance(saved, dict):
                 differences = "; ".join(
-                    f"{key}: checkpoint {saved.get(key)!r}, now {value!r}"
+                    f"{FINGERPRINTS[key]} differ"
+                    if key in FINGERPRINTS
+                    else f"{key}: checkpoint {saved.get(key)!r}, now {value!r}"
                     for key, value in self.job.items()
                     if saved.get(key) != value
                 )
