@@ -122,6 +122,11 @@ def read_embeddings(
         return _read_safetensors(path, limit=limit, tensor=tensor, words=_sibling_words(path, vocab))
     if path.is_dir():
         return _read_model_directory(path, limit=limit, tensor=tensor)
+    if path.is_file():
+        raise ValueError(
+            f"{name} is a file, but format huggingface reads a model directory or a Hub repo id; give the file's "
+            f"format ({', '.join(format for format in FORMATS if format != 'huggingface')}) or drop --format."
+        )
     return _read_hub_model(name, limit=limit, tensor=tensor, revision=revision, token=token)
 
 

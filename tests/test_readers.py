@@ -85,6 +85,12 @@ def test_a_header_read_as_glove_is_named_in_the_error(tmp_path: Path, matrix: np
         read_embeddings(path, format="glove", progress=False)
 
 
+def test_a_file_read_as_a_huggingface_model_is_a_clear_error(tmp_path: Path, matrix: np.ndarray) -> None:
+    path = write_text(tmp_path / "vectors.txt", text_lines(WORDS, matrix))
+    with pytest.raises(ValueError, match="is a file, but format huggingface reads a model directory"):
+        read_embeddings(path, format="huggingface", progress=False)
+
+
 def test_vec_with_header_and_gzip(tmp_path: Path, matrix: np.ndarray) -> None:
     path = write_text(tmp_path / "vectors.vec", text_lines(WORDS, matrix), header="7 4\n")
     assert_source(read_embeddings(path, progress=False), matrix, WORDS)
