@@ -50,6 +50,12 @@ def run_rank(rank: int, directory: str) -> None:
                 compress(matrix[rows], M, K, max_iterations=1, **options, **unsupported)
             except ValueError as error:
                 errors.append(str(error))
+        broken = matrix[rows].clone()
+        broken[3, 0] = float("nan") if rank == 1 else broken[3, 0]
+        try:  # only rank 1's shard is bad: rank 0 must not wait for it forever
+            compress(broken, M, K, max_iterations=1, **options)
+        except (ValueError, RuntimeError) as error:
+            errors.append(f"{type(error).__name__}: {error}")
         result = {
             "rank": rank_and_size(),
             "codes": module.codes,
@@ -109,6 +115,11 @@ def test_two_shards_learn_as_well_as_one_process(ranks: list[dict[str, Any]]) ->
 
 def test_unsupported_options_are_clear_errors_on_every_rank(ranks: list[dict[str, Any]]) -> None:
     for result in ranks:
-        checkpoint, method = result["errors"]
+        checkpoint, method, _ = result["errors"]
         assert "does not support checkpoint_dir=" in checkpoint
         assert "does not support method='dccl'" in method
+
+
+def test_a_bad_shard_stops_every_rank(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[1]["errors"][2].startswith("ValueError: matrix row 3 contains NaN")
+    assert ranks[0]["errors"][2] == "RuntimeError: 1 other rank(s) failed before learning; see their errors."

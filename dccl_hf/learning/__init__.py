@@ -25,7 +25,7 @@ from dccl_hf.fidelity.models import Tokenizer
 from dccl_hf.learning.additive import CHUNK_ELEMENTS, fit_additive
 from dccl_hf.learning.checkpoint import Checkpointer
 from dccl_hf.learning.dccl import fit_dccl
-from dccl_hf.learning.distributed import all_sum, gather_rows, is_sharded, rank_and_size, shard_rows
+from dccl_hf.learning.distributed import all_sum, gather_rows, is_sharded, rank_and_size, shard_rows, together
 from dccl_hf.learning.metric import MetricTransform
 from dccl_hf.packing import bits_per_code
 
@@ -87,23 +87,27 @@ def compress(
         padding_idx = matrix.padding_idx
     target = resolve_device(device)
     copied = _shared_tensor(_source(matrix), target) is None
-    data = load_matrix(matrix, target)
+    with together(target):  # with rows sharded, a rank that fails here stops the others too
+        data = load_matrix(matrix, target)
+        if is_sharded():
+            _check_sharded(method, calibration, checkpoint_dir)
     rows, dim = data.shape
-    if is_sharded():
-        _check_sharded(method, calibration, checkpoint_dir)
     shards = shard_rows(rows, target)
     offset = sum(shards[: rank_and_size()[0]])  # this shard's first row in the whole table
-    matrix_digest = _digest(data) if checkpoint_dir is not None else None
-    padding = _padding_index(padding_idx, sum(shards))
-    local_padding = padding - offset if padding is not None and 0 <= padding - offset < rows else None
-    if calibration is not None:
-        if weights is not None:
-            raise TypeError("Pass either calibration (row weights from token counts) or weights, not both.")
-        weights = row_weights_from_calibration(tokenizer, calibration, rows, progress=progress)
-        if method == "additive":
-            options.setdefault("objective", "squared")
-    row_weights = _row_weights(weights, rows, local_padding, target)
-    transform = None if metric is None else MetricTransform.from_metric(metric, dim, target)
+    with together(target):
+        matrix_digest = _digest(data) if checkpoint_dir is not None else None
+        padding = _padding_index(padding_idx, sum(shards))
+        local_padding = padding - offset if padding is not None and 0 <= padding - offset < rows else None
+        if calibration is not None:
+            if weights is not None:
+                raise TypeError(
+                    "Pass either calibration (row weights from token counts) or weights, not both."
+                )
+            weights = row_weights_from_calibration(tokenizer, calibration, rows, progress=progress)
+            if method == "additive":
+                options.setdefault("objective", "squared")
+        row_weights = _row_weights(weights, rows, local_padding, target)
+        transform = None if metric is None else MetricTransform.from_metric(metric, dim, target)
     if transform is not None:
         data = transform.apply(data, in_place=copied)
         copied = True

@@ -2,11 +2,15 @@
 
 Each rank holds a contiguous block of the table's rows, in rank order. Every sum over rows goes through
 `all_sum`, every decision taken from one rank's clock through `agreed`, and the codes come back together with
-`gather_rows`. In a single process (no initialised process group) each is the identity, so the learners run
+`gather_rows`; local work that can fail on one rank only (reading, checking) runs inside `together`. In a single
+process (no initialised process group) each is the identity, so the learners run
 unchanged.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -69,3 +73,23 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded)
     return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+
+
+@contextmanager
+def together(device: torch.device) -> Iterator[None]:
+    """Run local work that may fail on some ranks only (reading and checking a shard): on leaving the block every
+    rank learns whether any rank failed, and all raise (a failing rank its own error, the others a
+    RuntimeError), instead of the others waiting forever in the next collective."""
+    try:
+        yield
+    except Exception:
+        _failures(device, failed=True)
+        raise
+    failures = _failures(device, failed=False)
+    if failures:
+        raise RuntimeError(f"{failures} other rank(s) failed before learning; see their errors.")
+
+
+def _failures(device: torch.device, *, failed: bool) -> int:
+    """How many ranks (this one included) report a failure."""
+    return int(all_sum(torch.tensor([float(failed)], device=device)).item())
