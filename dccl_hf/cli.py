@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration",
         metavar="FILE",
         help="text like what the table will embed, one text per line: rows are weighted by how often their token "
-        "(a Hugging Face model's tokenizer) or word (a table with words) occurs in it. For a model, the codes are "
+        "(a Hugging Face model's tokenizer) or word (a table with words) occurs in it ((count + 1)^0.75, squared "
+        "error, as compress(calibration=...) does). For a model, the codes are "
         "also learned under the model's sensitivity to its embeddings and the codebook is distilled so that the "
         "model's outputs on this text match the original's",
     )
