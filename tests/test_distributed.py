@@ -110,7 +110,9 @@ def test_two_shards_learn_as_well_as_one_process(ranks: list[dict[str, Any]]) ->
     alone = compress(matrix, M, K, weights=weights, padding_idx=PADDING, seed=0, progress=False)
     sharded = mean_distance(ranks[0]["codes"], ranks[0]["codebook"], matrix, PADDING)
     single = mean_distance(alone.codes, alone.codebook.detach(), matrix, PADDING)
-    assert sharded < 1.02 * single  # both at their plateau; the initial codebook comes from one shard
+    # Both at their plateau; one process's seeds 0-3 spread over 2.30-2.35 here, and the sharded run's initial
+    # codebook comes from one shard (2.33 against seed 0's 2.31).
+    assert sharded < 1.05 * single
 
 
 def test_unsupported_options_are_clear_errors_on_every_rank(ranks: list[dict[str, Any]]) -> None:
