@@ -22,7 +22,6 @@ from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS
 from dccl_hf.files import staged_directory, write_file_atomic
 from dccl_hf.formats import load_reference, reference_paths, save_reference
 from dccl_hf.metrics import reconstruction_report
-from dccl_hf.packing import bits_per_code
 from dccl_hf.readers import (
     FORMATS,
     NAMED_SOURCES,
@@ -432,7 +431,6 @@ def _compress(args: argparse.Namespace) -> int:
             "no_distill",
         )
     }
-    bits_per_code(args.codebook_size)
     if args.num_codebooks < 1:
         raise ValueError(f"-M must be a positive number of codebooks, got {args.num_codebooks}.")
     # Everything that can be checked without the input is checked before reading it.

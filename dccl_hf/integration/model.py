@@ -295,11 +295,8 @@ def reconstruction_metrics(dense: torch.Tensor, compressed: CompressedEmbedding)
     """The finite distance and similarity figures of `dccl_hf.metrics.reconstruction_report`, for the config,
     over the rows both tables have (a resize adds rows without an original or drops some)."""
     rows = min(dense.shape[0], compressed.num_embeddings)
-    if rows != compressed.num_embeddings:
-        padding_idx = compressed.padding_idx if (compressed.padding_idx or 0) < rows else None
-        compressed = CompressedEmbedding.from_codes(
-            compressed.codes[:rows], compressed.codebook.detach(), padding_idx
-        )
+    if rows != compressed.num_embeddings:  # only drops rows, so the mean row it would add rows with is unused
+        compressed = resize_compressed(compressed, rows, dense.mean(0))
     report = reconstruction_report(dense[:rows].detach(), compressed).to_dict()
     return {key: float(report[key]) for key in METRIC_KEYS if math.isfinite(report[key])}
 
