@@ -19,7 +19,7 @@ from timing import median_seconds
 from torch import nn
 
 from dccl_hf import CompressedEmbedding
-from dccl_hf.integration import CompressedLMHead
+from dccl_hf.integration.layer import CompressedLMHead
 
 
 def main() -> None:

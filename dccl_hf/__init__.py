@@ -1,12 +1,19 @@
 """dccl_hf: compress embedding tables with compositional codes, the Hugging Face way."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.fidelity.budget import smallest_codes
-from dccl_hf.integration import register as _register_integration
-from dccl_hf.integration import resize_with_codes
+from dccl_hf.integration import register_when_transformers_loads
 from dccl_hf.learning import compress
 from dccl_hf.metrics import ReconstructionReport, reconstruction_report
 from dccl_hf.packing import pack_codes, unpack_codes
+
+if TYPE_CHECKING:
+    from dccl_hf.fidelity.budget import smallest_codes
+    from dccl_hf.integration.model import resize_with_codes
 
 __version__ = "0.1.0"
 
@@ -22,4 +29,21 @@ __all__ = [
     "unpack_codes",
 ]
 
-_register_integration()
+#: Public names whose modules import transformers (seconds), imported on first use.
+_TRANSFORMERS_NAMES = {
+    "resize_with_codes": "dccl_hf.integration.model",
+    "smallest_codes": "dccl_hf.fidelity.budget",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRANSFORMERS_NAMES:
+        return getattr(importlib.import_module(_TRANSFORMERS_NAMES[name]), name)
+    raise AttributeError(f"module 'dccl_hf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+register_when_transformers_loads()

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreT
 
 import dccl_hf
 from dccl_hf import CompressedEmbedding
+from dccl_hf.integration.card import model_card
 
 VOCAB, HIDDEN, M, K = 96, 16, 4, 32
 
@@ -100,9 +101,7 @@ def test_push_with_regular_uploads_only(
 
 
 def test_card_without_a_known_base_model_and_with_an_explicit_one(model: PreTrainedModel) -> None:
-    card = dccl_hf.integration.model_card(
-        model, "someone/x", base_model="openai-community/gpt2", tags=["extra"]
-    )
+    card = model_card(model, "someone/x", base_model="openai-community/gpt2", tags=["extra"])
     assert card.data.base_model == "openai-community/gpt2"
     assert card.data.to_dict()["base_model_relation"] == "quantized"
     assert card.data.tags == ["dccl", "embedding-compression", "extra"]

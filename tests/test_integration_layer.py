@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dccl_hf import CompressedEmbedding
-from dccl_hf.integration import CompressedLMHead
 from dccl_hf.integration import layer as layer_module
+from dccl_hf.integration.layer import CompressedLMHead
 
 
 def make_embedding(

@@ -34,8 +34,9 @@ from transformers import (
 
 import dccl_hf
 from dccl_hf import CompressedEmbedding
-from dccl_hf.integration import CompressedLMHead, DcclConfig
+from dccl_hf.integration.config import DcclConfig
 from dccl_hf.integration.guard import IMPORT_HINT_KEY
+from dccl_hf.integration.layer import CompressedLMHead
 
 VOCAB, HIDDEN = 120, 32
 KINDS = ["gpt2", "llama-tied", "llama-untied", "bert"]

@@ -11,17 +11,19 @@ import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.models import mean_pool, model_device, padding_tokenizer
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 from dccl_hf.integration.model import resize_with_codes
 from dccl_hf.packing import bits_per_code, packed_row_bytes
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 

@@ -1,14 +1,56 @@
 """transformers integration: `resize_with_codes`, the compressed tied LM head, and `from_pretrained` support.
 
-``register()`` (called by ``import dccl_hf``) registers the ``"dccl"`` quantization method with transformers,
-adds `PreTrainedModel.resize_with_codes`, lets `resize_token_embeddings` resize compressed embeddings and gives
-`push_to_hub` a dccl model card.
+The modules here import transformers, which takes seconds; ``import dccl_hf`` must not pay that when only the
+learner, the readers or the CLI are used. So ``import dccl_hf`` calls `register_when_transformers_loads`, and the
+registration (``quant_method: "dccl"`` known to `from_pretrained`, `PreTrainedModel.resize_with_codes`,
+compressed `resize_token_embeddings`, the dccl model card on `push_to_hub`) runs as soon as transformers defines
+`PreTrainedModel` — at once if it already has — whichever of the two packages is imported first.
 """
 
-from dccl_hf.integration.card import model_card
-from dccl_hf.integration.config import DcclConfig
-from dccl_hf.integration.layer import CompressedLMHead
-from dccl_hf.integration.model import resize_with_codes
-from dccl_hf.integration.quantizer import DcclHfQuantizer, register
+from __future__ import annotations
 
-__all__ = ["CompressedLMHead", "DcclConfig", "DcclHfQuantizer", "model_card", "register", "resize_with_codes"]
+import importlib.util
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+
+#: The transformers module that defines `PreTrainedModel`: everything registration patches exists once it has run.
+TRIGGER_MODULE = "transformers.modeling_utils"
+
+
+def register_when_transformers_loads() -> None:
+    """Register with transformers now if `PreTrainedModel` is defined, else right after it is; idempotent."""
+    if hasattr(sys.modules.get(TRIGGER_MODULE), "PreTrainedModel"):
+        _register()
+    elif not any(isinstance(finder, _RegisterAfterImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterImport())
+
+
+def _register() -> None:
+    from dccl_hf.integration.quantizer import register
+
+    register()
+
+
+class _RegisterAfterImport:
+    """Import-system finder, used once: asked for `TRIGGER_MODULE`, it leaves `sys.meta_path`, finds the module's
+    spec the usual way and has its loader register right after executing it."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname != TRIGGER_MODULE:
+            return None
+        sys.meta_path.remove(self)  # one-shot; and the search below must not find this finder again
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            execute(module)
+            _register()
+
+        spec.loader.exec_module = exec_module  # this spec's own loader instance, not the loader class
+        return spec

@@ -10,25 +10,28 @@ from __future__ import annotations
 import functools
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
-from transformers import PreTrainedModel
-from transformers.models.auto import modeling_auto
 
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.integration.config import DcclConfig
 from dccl_hf.integration.model import is_compressed
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 TAGS = ["dccl", "embedding-compression"]
 
-#: Auto classes named in the usage snippet, most specific first.
+#: Auto classes named in the usage snippet, most specific first, with the name of the `modeling_auto` mapping of
+#: model class names each covers (looked up when a card is written: this module may be imported while
+#: transformers is still importing `modeling_auto`).
 _AUTO_CLASSES = [
-    ("AutoModelForCausalLM", modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
-    ("AutoModelForMaskedLM", modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
-    ("AutoModelForSeq2SeqLM", modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES),
-    ("AutoModelForSequenceClassification", modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
-    ("AutoModelForTokenClassification", modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
+    ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
+    ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
+    ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
+    ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"),
+    ("AutoModelForTokenClassification", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"),
 ]
 
 _METRIC_NAMES = {
@@ -111,6 +114,8 @@ def model_card(
 
 def patch_push_to_hub() -> None:
     """Make `PreTrainedModel.push_to_hub` upload dccl models with their model card; idempotent."""
+    from transformers import PreTrainedModel  # imported late: see dccl_hf.integration
+
     original = PreTrainedModel.push_to_hub
     if hasattr(original, "__dccl_original__"):
         return
@@ -160,8 +165,10 @@ def push_compressed(
 
 
 def _auto_class(model: PreTrainedModel) -> str:
+    from transformers.models.auto import modeling_auto
+
     name = type(model).__name__
     for auto_class, mapping in _AUTO_CLASSES:
-        if name in mapping.values():
+        if name in getattr(modeling_auto, mapping).values():
             return auto_class
     return "AutoModel"

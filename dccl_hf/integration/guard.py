@@ -13,12 +13,14 @@ A tied head needs no guard: transformers ties its weight to the (guarded) embedd
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel
 
 from dccl_hf.integration.config import DcclConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: Checkpoint key of a zero-element tensor whose name shows up in transformers' load report without dccl_hf.
 IMPORT_HINT_KEY = "dccl_hf.import_dccl_hf_before_from_pretrained"

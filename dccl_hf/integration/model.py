@@ -12,12 +12,12 @@ import copy
 import logging
 import math
 import os
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
-from transformers import PreTrainedModel
 
 from dccl_hf.checks import is_integer
 from dccl_hf.embedding import CompressedEmbedding
@@ -34,6 +34,9 @@ from dccl_hf.integration.layer import CompressedLMHead
 from dccl_hf.learning import compress
 from dccl_hf.learning.additive import beam_search
 from dccl_hf.metrics import reconstruction_report
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -261,12 +264,10 @@ def decompress_modules(model: PreTrainedModel, config: DcclConfig, dtype: torch.
             if head.bias is not None:
                 linear.bias = head.bias
             _replace(model, head_name, head, linear)
-    for module in model.modules():
-        if isinstance(module, PreTrainedModel):
-            module.__dict__.pop("_tied_weights_keys", None)
-    for module in model.modules():
-        if isinstance(module, PreTrainedModel):
-            module.all_tied_weights_keys = module.get_expanded_tied_weights_keys(all_submodels=True)
+    for _, module in _pretrained_submodels(model):
+        module.__dict__.pop("_tied_weights_keys", None)
+    for _, module in _pretrained_submodels(model):
+        module.all_tied_weights_keys = module.get_expanded_tied_weights_keys(all_submodels=True)
     model.tie_weights()
 
 
@@ -398,6 +399,13 @@ def _resize_dense_head(model: PreTrainedModel, head: nn.Module, new_num_tokens: 
     model.set_output_embeddings(new_head)
 
 
+def _pretrained_submodels(model: nn.Module) -> Iterator[tuple[str, PreTrainedModel]]:
+    """`model` and the transformers models nested in it (a composite model's text and vision models), by name."""
+    from transformers import PreTrainedModel  # imported late: see dccl_hf.integration
+
+    return ((name, module) for name, module in model.named_modules() if isinstance(module, PreTrainedModel))
+
+
 def _tied_keys_without(
     model: PreTrainedModel, embedding_name: str, head_name: str | None
 ) -> list[tuple[PreTrainedModel, dict[str, str], dict[str, str]]]:
@@ -407,9 +415,7 @@ def _tied_keys_without(
     """
     removed = {f"{embedding_name}.weight"} | ({f"{head_name}.weight"} if head_name else set())
     result = []
-    for prefix, module in model.named_modules():
-        if not isinstance(module, PreTrainedModel):
-            continue
+    for prefix, module in _pretrained_submodels(model):
         full = f"{prefix}." if prefix else ""
 
         def keep(item: tuple[str, str], full: str = full) -> bool:

@@ -3,17 +3,16 @@
 transformers builds the dense model on the meta device, then calls `_process_model_before_weight_loading`;
 there the modules named by the checkpoint's `DcclConfig` are swapped for empty compressed ones, so the
 checkpoint's packed codes and codebooks load straight into them. `register()` makes ``quant_method: "dccl"``
-known to transformers and adds `resize_with_codes` to every `PreTrainedModel`; ``import dccl_hf`` calls it.
+known to transformers and adds `resize_with_codes` to every `PreTrainedModel`; ``import dccl_hf`` has it called once transformers defines `PreTrainedModel`.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import (
     AUTO_QUANTIZATION_CONFIG_MAPPING,
@@ -30,6 +29,9 @@ from dccl_hf.integration.model import (
     decompress_modules,
     resize_with_codes,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ class DcclHfQuantizer(HfQuantizer):
 
 def register() -> None:
     """Make ``quant_method: "dccl"`` loadable and add `resize_with_codes` to `PreTrainedModel`; idempotent."""
+    from transformers import PreTrainedModel  # imported late: see dccl_hf.integration
+
     if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
         register_quantization_config(QUANT_METHOD)(DcclConfig)
     if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:

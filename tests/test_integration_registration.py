@@ -1,0 +1,73 @@
+"""Tests of `dccl_hf.integration`: registration with transformers whichever package is imported first, and an
+``import dccl_hf`` (and the CLI) that does not import transformers' models.
+
+Each case runs in a fresh interpreter: what is imported, and in which order, is the point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REGISTERED = """
+from transformers import PreTrainedModel
+from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
+assert callable(getattr(PreTrainedModel, "resize_with_codes", None)), "resize_with_codes not added"
+assert hasattr(PreTrainedModel.resize_token_embeddings, "__dccl_original__"), "resize_token_embeddings not wrapped"
+assert "dccl" in AUTO_QUANTIZER_MAPPING and "dccl" in AUTO_QUANTIZATION_CONFIG_MAPPING, "quantizer not registered"
+"""
+
+NOT_YET_LOADED = """
+import sys
+assert "transformers.modeling_utils" not in sys.modules, "transformers' models were imported"
+"""
+
+CASES = {
+    "dccl_hf first, then an auto class": f"""
+import dccl_hf, dccl_hf.cli
+{NOT_YET_LOADED}
+from transformers import AutoModelForCausalLM
+{REGISTERED}
+""",
+    "transformers model first": f"""
+from transformers import AutoModelForCausalLM
+import dccl_hf
+{REGISTERED}
+""",
+    "dccl_hf first, then a model module": f"""
+import dccl_hf
+from transformers.models.bert.modeling_bert import BertModel
+{REGISTERED}
+from dccl_hf.integration.card import _auto_class
+from transformers import BertConfig, BertForMaskedLM
+config = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+assert _auto_class(BertForMaskedLM(config)) == "AutoModelForMaskedLM"
+""",
+    "transformers package first, then dccl_hf's transformers names": f"""
+import transformers
+import dccl_hf
+{NOT_YET_LOADED}
+resize = dccl_hf.resize_with_codes
+from dccl_hf import smallest_codes
+{REGISTERED}
+assert not any(type(finder).__name__ == "_RegisterAfterImport" for finder in sys.meta_path), "hook left installed"
+""",
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_registration_in_any_import_order(case: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CASES[case])], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    import dccl_hf
+
+    with pytest.raises(AttributeError, match="no attribute 'resize_with_code'"):
+        dccl_hf.resize_with_code  # noqa: B018
+    assert {"resize_with_codes", "smallest_codes", "compress"} <= set(dir(dccl_hf))
