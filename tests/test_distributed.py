@@ -3,6 +3,8 @@ the whole table as well as one process does, with sums over rows equal to the si
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dccl_hf import compress
+from dccl_hf.fidelity.calibration import row_weights_from_calibration
 from dccl_hf.learning.additive import sufficient_statistics
 from dccl_hf.learning.distributed import gather_rows, rank_and_size
 
@@ -44,12 +47,33 @@ def run_rank(rank: int, directory: str) -> None:
         module = compress(matrix[rows], M, K, weights=weights[rows], **options)
         timed = compress(matrix[rows], M, K, time_budget=3.0, **options)  # rank 0's clock decides for both
         gram, cross = sufficient_statistics(matrix[rows], module.codes[rows], weights[rows], K)
+        counts = torch.arange(ROWS, dtype=torch.float64) % 7  # token counts of the whole table
+        calibrated = compress(matrix[rows], M, K, calibration=counts, max_iterations=2, **options)
+        weighted = compress(
+            matrix[rows],
+            M,
+            K,
+            weights=row_weights_from_calibration(None, counts, ROWS)[rows],
+            objective="squared",
+            max_iterations=2,
+            **options,
+        )
+        uninterrupted = compress(matrix[rows], M, K, max_iterations=3, **options)
+        checkpoints = Path(directory, "checkpoints")
+        compress(matrix[rows], M, K, max_iterations=2, checkpoint_dir=checkpoints, **options)
+        if rank == 1:  # killed after keeping round 1 as its previous state, before writing round 2
+            (checkpoints / "checkpoint-rank1-of-2.pt").unlink()
+        messages: list[str] = []
+        handler = logging.Handler(logging.INFO)
+        handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("dccl_hf.learning.checkpoint").addHandler(handler)
+        logging.getLogger("dccl_hf.learning.checkpoint").setLevel(logging.INFO)
+        resumed = compress(matrix[rows], M, K, max_iterations=3, checkpoint_dir=checkpoints, **options)
         errors = []
-        for unsupported in ({"checkpoint_dir": directory}, {"method": "dccl"}):
-            try:
-                compress(matrix[rows], M, K, max_iterations=1, **options, **unsupported)
-            except ValueError as error:
-                errors.append(str(error))
+        try:
+            compress(matrix[rows], M, K, max_iterations=1, method="dccl", **options)
+        except ValueError as error:
+            errors.append(str(error))
         broken = matrix[rows].clone()
         broken[3, 0] = float("nan") if rank == 1 else broken[3, 0]
         try:  # only rank 1's shard is bad: rank 0 must not wait for it forever
@@ -66,6 +90,14 @@ def run_rank(rank: int, directory: str) -> None:
             "gram": gram,
             "cross": cross,
             "gathered": gather_rows(torch.arange(rows.start, rows.stop)),
+            "calibrated": (calibrated.codes, weighted.codes),
+            "resumed": (
+                resumed.codes,
+                resumed.codebook.detach(),
+                uninterrupted.codes,
+                uninterrupted.codebook.detach(),
+            ),
+            "resume_log": messages,
             "errors": errors,
         }
         torch.save(result, f"{directory}/rank{rank}.pt")
@@ -74,8 +106,12 @@ def run_rank(rank: int, directory: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    directory = tmp_path_factory.mktemp("distributed")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("distributed")
+
+
+@pytest.fixture(scope="module")
+def ranks(directory: Path) -> list[dict[str, Any]]:
     mp.spawn(run_rank, args=(str(directory),), nprocs=WORLD, join=True)
     return [torch.load(directory / f"rank{rank}.pt") for rank in range(WORLD)]
 
@@ -115,13 +151,42 @@ def test_two_shards_learn_as_well_as_one_process(ranks: list[dict[str, Any]]) ->
     assert sharded < 1.05 * single
 
 
+def test_calibration_counts_weight_each_rank_by_its_block(ranks: list[dict[str, Any]]) -> None:
+    for result in ranks:
+        calibrated, weighted = result["calibrated"]
+        torch.testing.assert_close(calibrated, weighted, rtol=0, atol=0)
+    assert not torch.equal(ranks[0]["calibrated"][0], ranks[0]["codes"])  # the weights changed the codes
+
+
+def test_a_run_killed_between_two_ranks_saves_resumes_from_the_round_both_saved(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for result in ranks:
+        resumed_codes, resumed_codebook, codes, codebook = result["resumed"]
+        torch.testing.assert_close(resumed_codes, codes, rtol=0, atol=0)
+        torch.testing.assert_close(resumed_codebook, codebook, rtol=0, atol=0)
+        assert any(
+            message.startswith("Resuming every rank from round 1 ") for message in result["resume_log"]
+        )
+
+
+def test_checkpoints_of_sharded_runs_are_not_resumed_by_one_process(
+    ranks: list[dict[str, Any]], directory: Path
+) -> None:
+    checkpoints = directory / "checkpoints"
+    matrix, _ = table()
+    with pytest.raises(
+        ValueError,
+        match=r"another number of processes \(checkpoint-rank0-of-2.previous.pt, .*\); this run has 1\.",
+    ):
+        compress(matrix, M, K, max_iterations=1, checkpoint_dir=checkpoints, progress=False)
+
+
 def test_unsupported_options_are_clear_errors_on_every_rank(ranks: list[dict[str, Any]]) -> None:
     for result in ranks:
-        checkpoint, method, _ = result["errors"]
-        assert "does not support checkpoint_dir=" in checkpoint
-        assert "does not support method='dccl'" in method
+        assert "does not support method='dccl'" in result["errors"][0]
 
 
 def test_a_bad_shard_stops_every_rank(ranks: list[dict[str, Any]]) -> None:
-    assert ranks[1]["errors"][2].startswith("ValueError: matrix row 3 contains NaN")
-    assert ranks[0]["errors"][2] == "RuntimeError: 1 other rank(s) failed before learning; see their errors."
+    assert ranks[1]["errors"][1].startswith("ValueError: matrix row 3 contains NaN")
+    assert ranks[0]["errors"][1] == "RuntimeError: 1 other rank(s) failed before learning; see their errors."

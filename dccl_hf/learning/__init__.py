@@ -23,7 +23,7 @@ from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import Calibration, row_weights_from_calibration
 from dccl_hf.fidelity.models import Tokenizer
 from dccl_hf.learning.additive import CHUNK_ELEMENTS, fit_additive
-from dccl_hf.learning.checkpoint import Checkpointer
+from dccl_hf.learning.checkpoint import JobCheckpointer, ShardCheckpointer
 from dccl_hf.learning.dccl import fit_dccl
 from dccl_hf.learning.distributed import all_sum, gather_rows, is_sharded, rank_and_size, shard_rows, together
 from dccl_hf.learning.metric import MetricTransform
@@ -76,9 +76,11 @@ def compress(
     `options` go to the method (see `METHODS`).
 
     Data parallel: called on every rank of an initialised `torch.distributed` process group (e.g. under
-    `torchrun`), each with a contiguous block of the rows in rank order (and `weights` for those rows;
-    `padding_idx` counts in the whole table), the additive method learns one codebook from all shards and every
-    rank gets the module for the whole table (see `dccl_hf.learning.distributed`).
+    `torchrun`), each with a contiguous block of the rows in rank order (and `weights` for those rows, or the same
+    `calibration` on every rank; `padding_idx` counts in the whole table), the additive method learns one
+    codebook from all shards and every rank gets the module for the whole table (see
+    `dccl_hf.learning.distributed`); `checkpoint_dir` then holds one checkpoint per rank, resumed by as many
+    ranks (`dccl_hf.learning.checkpoint.ShardCheckpointer`).
     """
     started = time.monotonic()
     fit = _method(method)
@@ -89,8 +91,11 @@ def compress(
     copied = _shared_tensor(_source(matrix), target) is None
     with together(target):  # with rows sharded, a rank that fails here stops the others too
         data = load_matrix(matrix, target)
-        if is_sharded():
-            _check_sharded(method, calibration, checkpoint_dir)
+        if is_sharded() and method != "additive":
+            raise ValueError(
+                f"compress with rows sharded over torch.distributed ranks does not support method={method!r} "
+                "(only 'additive' learns data-parallel)."
+            )
     rows, dim = data.shape
     shards = shard_rows(rows, target)
     offset = sum(shards[: rank_and_size()[0]])  # this shard's first row in the whole table
@@ -103,7 +108,10 @@ def compress(
                 raise TypeError(
                     "Pass either calibration (row weights from token counts) or weights, not both."
                 )
-            weights = row_weights_from_calibration(tokenizer, calibration, rows, progress=progress)
+            # Token ids count in the whole table; with rows sharded, each rank keeps its block of the weights.
+            weights = row_weights_from_calibration(
+                tokenizer, calibration, sum(shards), progress=progress and rank_and_size()[0] == 0
+            )[offset : offset + rows]
             if method == "additive":
                 options.setdefault("objective", "squared")
         row_weights = _row_weights(weights, rows, local_padding, target)
@@ -133,7 +141,11 @@ def compress(
             "metric_sum": None if transform is None else _fingerprint(transform.root.float()),
             "options": dict(sorted(options.items())),
         }
-        checkpointer = JobCheckpointer(checkpoint_dir, job)
+        if is_sharded():
+            job["shard"] = [*rank_and_size(), offset]  # rank, ranks, first row; "shape" is the shard's
+            checkpointer = ShardCheckpointer(checkpoint_dir, job, target)
+        else:
+            checkpointer = JobCheckpointer(checkpoint_dir, job)
     logger.info(
         "Compressing %d×%d rows into M=%d codes of K=%d with method %r on %s",
         rows,
@@ -173,47 +185,6 @@ def compress(
             dim,
         )
     return compressed.to(_input_device(matrix))
-
-
-#: Job entries that fingerprint data rather than name a setting, and what they stand for in messages.
-FINGERPRINTS = {
-    "matrix_sha256": "the matrix's values (matrix_sha256)",
-    "weights_sum": "the row weights (weights_sum: weights, calibration or padding_idx)",
-    "metric_sum": "the metric (metric_sum)",
-}
-
-
-class JobCheckpointer(Checkpointer):
-    """A `Checkpointer` that stamps every state with its job and refuses to resume a different job."""
-
-    def __init__(self, directory: str | os.PathLike[str], job: dict[str, Any]) -> None:
-        super().__init__(directory)
-        self.job = job
-
-    def load(self) -> dict[str, Any] | None:
-        state = super().load()
-        if state is None:
-            return None
-        saved = state.get("job")
-        if saved != self.job:
-            if isinstance(saved, dict):
-                differences = "; ".join(
-                    f"{FINGERPRINTS[key]} differ"
-                    if key in FINGERPRINTS
-                    else f"{key}: checkpoint {saved.get(key)!r}, now {value!r}"
-                    for key, value in self.job.items()
-                    if saved.get(key) != value
-                )
-            else:
-                differences = "it was not written by dccl_hf.compress"
-            raise ValueError(
-                f"The checkpoint {self.path} belongs to a different job ({differences}). Use another "
-                f"checkpoint directory, or delete {self.path} to start this job over."
-            )
-        return state
-
-    def save(self, state: dict[str, Any]) -> None:
-        super().save({**state, "job": self.job})
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -299,22 +270,6 @@ def _centred(data: torch.Tensor, *, in_place: bool) -> tuple[torch.Tensor, torch
     for start in range(0, rows, step):
         torch.sub(data[start : start + step], mean, out=result[start : start + step])
     return result, mean
-
-
-def _check_sharded(
-    method: str, calibration: Calibration | None, checkpoint_dir: str | os.PathLike[str] | None
-) -> None:
-    """What data-parallel compression does not support yet, as clear errors."""
-    unsupported = [
-        (method != "additive", f"method={method!r} (only 'additive' learns data-parallel)"),
-        (calibration is not None, "calibration= (pass weights= for this rank's rows)"),
-        (checkpoint_dir is not None, "checkpoint_dir= (checkpoints are not sharded yet)"),
-    ]
-    for applies, what in unsupported:
-        if applies:
-            raise ValueError(
-                f"compress with rows sharded over torch.distributed ranks does not support {what}."
-            )
 
 
 def _method(method: str) -> FitFunction:

@@ -1,4 +1,4 @@
-"""Atomic, resumable checkpoints for long learning runs."""
+"""Atomic, resumable checkpoints for long learning runs, in one process or data-parallel."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ from typing import Any
 import torch
 
 from dccl_hf.files import write_file_atomic
+from dccl_hf.learning.distributed import gather_rows, rank_and_size, together
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+
+#: Job entries that fingerprint data rather than name a setting, and what they stand for in messages.
+FINGERPRINTS = {
+    "matrix_sha256": "the matrix's values (matrix_sha256)",
+    "weights_sum": "the row weights (weights_sum: weights, calibration or padding_idx)",
+    "metric_sum": "the metric (metric_sum)",
+}
 
 
 class Checkpointer:
@@ -29,15 +37,9 @@ class Checkpointer:
 
     def load(self) -> dict[str, Any] | None:
         """The last saved state (tensors on CPU), or None when there is none."""
-        if not self.path.exists():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(
-                f"Checkpoint {self.path} is unreadable ({error}); delete it to start the run over."
-            ) from error
-        logger.info("Resuming from checkpoint %s", self.path)
+        state = self._read(self.path)
+        if state is not None:
+            logger.info("Resuming from checkpoint %s", self.path)
         return state
 
     def save(self, state: dict[str, Any]) -> None:
@@ -45,3 +47,113 @@ class Checkpointer:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_file_atomic(self.path, buffer.getvalue())
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(
+                f"Checkpoint {path} is unreadable ({error}); delete it to start the run over."
+            ) from error
+
+
+class JobCheckpointer(Checkpointer):
+    """A `Checkpointer` that stamps every state with its job (settings and data fingerprints) and refuses to
+    resume a different job, or a directory holding another layout's checkpoints (one process or N ranks)."""
+
+    def __init__(self, directory: str | os.PathLike[str], job: dict[str, Any]) -> None:
+        super().__init__(directory)
+        self.job = job
+
+    def load(self) -> dict[str, Any] | None:
+        state = super().load()
+        if state is None:
+            self._refuse_other_layouts()
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        super().save({**state, "job": self.job})
+
+    def _own_files(self) -> set[str]:
+        return {self.path.name}
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        state = super()._read(path)
+        if state is None:
+            return None
+        saved = state.get("job")
+        if saved != self.job:
+            if isinstance(saved, dict):
+                differences = "; ".join(
+                    f"{FINGERPRINTS[key]} differ"
+                    if key in FINGERPRINTS
+                    else f"{key}: checkpoint {saved.get(key)!r}, now {value!r}"
+                    for key, value in self.job.items()
+                    if saved.get(key) != value
+                )
+            else:
+                differences = "it was not written by dccl_hf.compress"
+            raise ValueError(
+                f"The checkpoint {path} belongs to a different job ({differences}). Use another "
+                f"checkpoint directory, or delete {path} to start this job over."
+            )
+        return state
+
+    def _refuse_other_layouts(self) -> None:
+        """Starting over beside another layout's checkpoints would leave two runs' files mixed in one directory."""
+        others = sorted(
+            path.name for path in self.directory.glob("checkpoint*.pt") if path.name not in self._own_files()
+        )
+        if others:
+            _, size = rank_and_size()
+            raise ValueError(
+                f"{self.directory} holds checkpoints of a run with another number of processes ({', '.join(others)}); "
+                f"this run has {size}. Resume it with as many processes as wrote them, or use another directory."
+            )
+
+
+class ShardCheckpointer(JobCheckpointer):
+    """One checkpoint file per rank of a data-parallel run, resumed at a round every rank saved.
+
+    Ranks save one after another, so a run killed between two ranks' saves leaves them a round apart: each rank
+    keeps its previous state as well, and on resume every rank loads the latest round all ranks have (or all
+    start over). The job (including the rank, the number of ranks and the shard's fingerprint) is per rank.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], job: dict[str, Any], device: torch.device) -> None:
+        super().__init__(directory, job)
+        rank, size = rank_and_size()
+        self.path = self.directory / f"checkpoint-rank{rank}-of-{size}.pt"
+        self.previous = self.directory / f"checkpoint-rank{rank}-of-{size}.previous.pt"
+        self.device = device
+
+    def load(self) -> dict[str, Any] | None:
+        with together(self.device):  # a rank whose checkpoint is unreadable or another job's stops every rank
+            states = {
+                int(state["iteration"]): state
+                for state in (self._read(self.previous), self._read(self.path))
+                if state is not None
+            }
+            if not states:
+                self._refuse_other_layouts()
+        saved = torch.full((1, 2), -1, dtype=torch.int64, device=self.device)
+        saved[0, : len(states)] = torch.tensor(sorted(states), dtype=torch.int64)
+        every_rank = gather_rows(saved).tolist()
+        common = set.intersection(*({value for value in rank if value >= 0} for rank in every_rank))
+        if not common:
+            if any(value >= 0 for rank in every_rank for value in rank):
+                logger.warning("No round saved by every rank (%s); starting over.", every_rank)
+            return None
+        iteration = max(common)
+        logger.info("Resuming every rank from round %d (%s)", iteration, self.path)
+        return states[iteration]
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.path.exists():
+            os.replace(self.path, self.previous)
+        super().save(state)
+
+    def _own_files(self) -> set[str]:
+        return {self.path.name, self.previous.name}
