@@ -169,10 +169,13 @@ class CompressedEmbedding(
         flat_codebook = self.codebook.reshape(-1, self.embedding_dim)
         if flat_ids.numel() == 0:
             return flat_codebook.new_zeros(*input_ids.shape, self.embedding_dim)
-        output = F.embedding_bag(self.lookup_indices(flat_ids), flat_codebook, mode="sum")
+        # Batches of text repeat tokens (Zipf's law): each distinct row is summed from its codewords once, and in
+        # training the codebook's gradient is accumulated over distinct rows, not over every position.
+        distinct_ids, positions = torch.unique(flat_ids, return_inverse=True)
+        rows = F.embedding_bag(self.lookup_indices(distinct_ids), flat_codebook, mode="sum")
         if self.padding_idx is not None:
-            output = output.masked_fill((flat_ids == self.padding_idx).unsqueeze(-1), 0.0)
-        return output.reshape(*input_ids.shape, self.embedding_dim)
+            rows = rows.masked_fill((distinct_ids == self.padding_idx).unsqueeze(-1), 0.0)
+        return F.embedding(positions, rows).reshape(*input_ids.shape, self.embedding_dim)
 
     def reconstruct(self) -> torch.Tensor:
         """The dense (num_embeddings, embedding_dim) matrix these codes and codebook stand for."""

@@ -63,6 +63,19 @@ def test_gradients_reach_the_codebook_only() -> None:
     assert set(module.state_dict()) == {"codebook", "packed_codes"}
 
 
+def test_codebook_gradient_sums_over_every_position_of_repeated_ids() -> None:
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(4, (5, 3), generator=generator)
+    module = CompressedEmbedding.from_codes(codes, torch.randn(3, 4, 6, generator=generator))
+    ids = torch.tensor([[3, 1, 3], [3, 0, 1]])
+    upstream = torch.randn(2, 3, 6, generator=generator)
+    (module(ids) * upstream).sum().backward()
+    expected = torch.zeros(3, 4, 6)
+    for row, gradient in zip(ids.reshape(-1).tolist(), upstream.reshape(-1, 6), strict=True):
+        expected[torch.arange(3), codes[row]] += gradient
+    torch.testing.assert_close(module.codebook.grad, expected)
+
+
 def test_padding_idx_row_is_zero_and_gets_no_gradient() -> None:
     module = CompressedEmbedding.from_codes(
         torch.tensor([[0, 1], [1, 1], [1, 0]]), torch.randn(2, 2, 3), padding_idx=1
