@@ -1,7 +1,9 @@
-"""Data-parallel learning against one process, side by side: the same rows, setting and time budget, once in one
-process using every core and once under `torchrun` with one process per core, each holding a block of the rows.
+"""Data-parallel learning against one process, side by side: the same rows, setting and time budget (or number of
+rounds), once in one process using every core and once under `torchrun` with one process per core, each holding a
+block of the rows.
 
     python benchmarks/distributed.py --rows 50000 --setting 32x16 --time-budget 120
+    python benchmarks/distributed.py --rows 20000 --setting 16x256 --max-iterations 3
 
 Both runs are `examples/distributed_glove.py` (GloVe 6B 50d, the first `--rows` rows), so the benchmark measures
 what a user of that example gets; it prints each run's learning time and the mean euclidean distance of the whole
@@ -37,20 +39,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--setting", default="32x16", help="MxK")
-    parser.add_argument("--time-budget", type=float, default=120.0)
+    parser.add_argument("--time-budget", type=float, help="seconds of learning per run")
+    parser.add_argument(
+        "--max-iterations", type=int, help="refit rounds per run (equal work, whatever the speed)"
+    )
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="sharded run's processes")
     args = parser.parse_args()
     num_codebooks, codebook_size = args.setting.split("x")
     options = ["--limit", str(args.rows), "-M", num_codebooks, "-K", codebook_size]
-    options += ["--time-budget", str(args.time_budget)]
+    if args.time_budget is not None:
+        options += ["--time-budget", str(args.time_budget)]
+    if args.max_iterations is not None:
+        options += ["--max-iterations", str(args.max_iterations)]
     with tempfile.TemporaryDirectory() as directory:
         single = run([sys.executable, str(EXAMPLE), *options, "-o", f"{directory}/single"])
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         sharded = run(
             [*torchrun, f"--nproc-per-node={args.processes}", str(EXAMPLE), *options, "-o", f"{directory}/dp"]
         )
+    limits = [f"time budget {args.time_budget:.0f} s"] if args.time_budget is not None else []
+    limits += [f"at most {args.max_iterations} rounds"] if args.max_iterations is not None else []
     print(
-        f"GloVe first {args.rows} rows, M={num_codebooks}, K={codebook_size}, time budget {args.time_budget:.0f} s"
+        f"GloVe first {args.rows} rows, M={num_codebooks}, K={codebook_size}, {', '.join(limits) or 'to the plateau'}"
     )
     print("run                          learned s  mean dist")
     print(f"1 process x {os.cpu_count()} threads        {single[0]:>9.1f}  {single[1]:>9.5f}")

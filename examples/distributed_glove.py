@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=50_000, help="first rows of GloVe to compress")
     parser.add_argument("-M", "--num-codebooks", type=int, default=32)
     parser.add_argument("-K", "--codebook-size", type=int, default=16)
-    parser.add_argument("--time-budget", type=float, default=120.0, help="seconds of learning")
+    parser.add_argument("--time-budget", type=float, help="seconds of learning (default: until the plateau)")
+    parser.add_argument("--max-iterations", type=int, help="refit rounds at most (default: the library's)")
     parser.add_argument("-o", "--output", default="glove-dp", help="directory for the artifact (rank 0)")
     parser.add_argument(
         "--checkpoint-dir", help="save every round here (one file per rank) and resume from it"
@@ -62,6 +63,7 @@ def main() -> None:
         args.codebook_size,
         device=device,
         time_budget=args.time_budget,
+        max_iterations=args.max_iterations,
         checkpoint_dir=args.checkpoint_dir,
         progress=rank == 0,
     )
