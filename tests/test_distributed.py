@@ -83,6 +83,22 @@ def run_rank(rank: int, directory: str) -> None:
         logging.getLogger("dccl_hf.learning.checkpoint").addHandler(handler)
         logging.getLogger("dccl_hf.learning.checkpoint").setLevel(logging.INFO)
         resumed = compress(matrix[rows], M, K, max_iterations=3, checkpoint_dir=checkpoints, **options)
+        if rank == 1:  # killed again the same way: rank 0 must resume from its previous file, round 2
+            (checkpoints / "checkpoint-rank1-of-2.pt").unlink()
+        compress(
+            matrix[rows], M, K, max_iterations=2, checkpoint_dir=checkpoints, **options
+        )  # no round to run
+        latest = torch.load(checkpoints / f"checkpoint-rank{rank}-of-2.pt")["iteration"]
+        unsaved = Path(directory, "unsaved")
+        compress(matrix[rows], M, K, max_iterations=1, checkpoint_dir=unsaved, **options)
+        if rank == 0:  # killed before rank 0 wrote its first checkpoint, after rank 1 wrote its own
+            for path in unsaved.glob("checkpoint-rank0-*"):
+                path.unlink()
+        try:
+            compress(matrix[rows], M, K, max_iterations=1, checkpoint_dir=unsaved, **options)
+            restarted = "started over"
+        except (ValueError, RuntimeError) as error:
+            restarted = str(error)
         errors = []
         try:
             compress(matrix[rows], M, K, max_iterations=1, method="dccl", **options)
@@ -113,6 +129,8 @@ def run_rank(rank: int, directory: str) -> None:
                 uninterrupted.codebook.detach(),
             ),
             "resume_log": messages,
+            "latest": latest,
+            "restarted": restarted,
             "errors": errors,
         }
         torch.save(result, f"{directory}/rank{rank}.pt")
@@ -193,6 +211,18 @@ def test_a_run_killed_between_two_ranks_saves_resumes_from_the_round_both_saved(
         )
 
 
+def test_the_round_every_rank_resumed_from_becomes_each_rank_s_latest_file(
+    ranks: list[dict[str, Any]],
+) -> None:
+    # Rank 0 resumed from its previous file (round 2): its newer round 3 must not stay its latest, or its next save
+    # would move round 3 over round 2 and a second interruption would leave no round common to both ranks.
+    assert [result["latest"] for result in ranks] == [2, 2]
+
+
+def test_a_rank_without_a_checkpoint_yet_starts_over_with_the_others(ranks: list[dict[str, Any]]) -> None:
+    assert [result["restarted"] for result in ranks] == ["started over", "started over"]
+
+
 def test_checkpoints_of_sharded_runs_are_not_resumed_by_one_process(
     ranks: list[dict[str, Any]], directory: Path
 ) -> None:
@@ -200,7 +230,7 @@ def test_checkpoints_of_sharded_runs_are_not_resumed_by_one_process(
     matrix, _ = table()
     with pytest.raises(
         ValueError,
-        match=r"another number of processes \(checkpoint-rank0-of-2.previous.pt, .*\); this run has 1\.",
+        match=r"another number of processes \(checkpoint-rank0-of-2.pt, checkpoint-rank1-of-2.pt\); this run has 1\.",
     ):
         compress(matrix, M, K, max_iterations=1, checkpoint_dir=checkpoints, progress=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,9 @@ class JobCheckpointer(Checkpointer):
     def save(self, state: dict[str, Any]) -> None:
         super().save({**state, "job": self.job})
 
-    def _own_files(self) -> set[str]:
-        return {self.path.name}
+    def _is_own(self, name: str) -> bool:
+        """Whether the checkpoint file `name` belongs to this run's layout."""
+        return name == self.path.name
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         state = super()._read(path)
@@ -104,7 +106,7 @@ class JobCheckpointer(Checkpointer):
     def _refuse_other_layouts(self) -> None:
         """Starting over beside another layout's checkpoints would leave two runs' files mixed in one directory."""
         others = sorted(
-            path.name for path in self.directory.glob("checkpoint*.pt") if path.name not in self._own_files()
+            path.name for path in self.directory.glob("checkpoint*.pt") if not self._is_own(path.name)
         )
         if others:
             _, size = rank_and_size()
@@ -117,9 +119,10 @@ class JobCheckpointer(Checkpointer):
 class ShardCheckpointer(JobCheckpointer):
     """One checkpoint file per rank of a data-parallel run, resumed at a round every rank saved.
 
-    Ranks save one after another, so a run killed between two ranks' saves leaves them a round apart: each rank
-    keeps its previous state as well, and on resume every rank loads the latest round all ranks have (or all
-    start over). The job (including the rank, the number of ranks and the shard's fingerprint) is per rank.
+    Ranks save independently, so a run killed while some ranks have saved a round and others not leaves them a
+    round apart: each rank keeps its previous state as well, and on resume every rank loads the latest round all
+    ranks have (or all start over), which becomes its latest file again. The job (including the rank, the number
+    of ranks and the shard's fingerprint) is per rank.
     """
 
     def __init__(self, directory: str | os.PathLike[str], job: dict[str, Any], device: torch.device) -> None:
@@ -131,11 +134,11 @@ class ShardCheckpointer(JobCheckpointer):
 
     def load(self) -> dict[str, Any] | None:
         with together(self.device):  # a rank whose checkpoint is unreadable or another job's stops every rank
-            states = {
-                int(state["iteration"]): state
-                for state in (self._read(self.previous), self._read(self.path))
-                if state is not None
-            }
+            states, files = {}, {}
+            for path in (self.previous, self.path):
+                state = self._read(path)
+                if state is not None:
+                    states[int(state["iteration"])], files[int(state["iteration"])] = state, path
             if not states:
                 self._refuse_other_layouts()
         saved = torch.full((1, 2), -1, dtype=torch.int64, device=self.device)
@@ -147,6 +150,10 @@ class ShardCheckpointer(JobCheckpointer):
                 logger.warning("No round saved by every rank (%s); starting over.", every_rank)
             return None
         iteration = max(common)
+        if files[iteration] == self.previous:
+            # The newer round is abandoned: were it kept as the latest file, the next save would move it over
+            # the round every rank resumed from.
+            os.replace(self.previous, self.path)
         logger.info("Resuming every rank from round %d (%s)", iteration, self.path)
         return states[iteration]
 
@@ -155,5 +162,6 @@ class ShardCheckpointer(JobCheckpointer):
             os.replace(self.path, self.previous)
         super().save(state)
 
-    def _own_files(self) -> set[str]:
-        return {self.path.name, self.previous.name}
+    def _is_own(self, name: str) -> bool:
+        """Any rank's files of a run with this number of ranks (a rank may not have saved yet when others have)."""
+        return re.fullmatch(rf"checkpoint-rank\d+-of-{rank_and_size()[1]}(\.previous)?\.pt", name) is not None
