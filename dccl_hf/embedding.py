@@ -166,20 +166,25 @@ class CompressedEmbedding(
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.dtype.is_complex:
             raise TypeError(f"input ids must be an integer tensor, got {input_ids.dtype}.")
         flat_ids = input_ids.reshape(-1).to(torch.int64)
-        flat_codebook = self.codebook.reshape(-1, self.embedding_dim)
         if flat_ids.numel() == 0:
-            return flat_codebook.new_zeros(*input_ids.shape, self.embedding_dim)
+            return self.codebook.new_zeros(*input_ids.shape, self.embedding_dim)
         # Batches of text repeat tokens (Zipf's law): each distinct row is summed from its codewords once, and in
         # training the codebook's gradient is accumulated over distinct rows, not over every position.
         distinct_ids, positions = torch.unique(flat_ids, return_inverse=True)
-        rows = F.embedding_bag(self.lookup_indices(distinct_ids), flat_codebook, mode="sum")
-        if self.padding_idx is not None:
-            rows = rows.masked_fill((distinct_ids == self.padding_idx).unsqueeze(-1), 0.0)
+        rows = self._rows(distinct_ids)
         return F.embedding(positions, rows).reshape(*input_ids.shape, self.embedding_dim)
 
     def reconstruct(self) -> torch.Tensor:
         """The dense (num_embeddings, embedding_dim) matrix these codes and codebook stand for."""
-        return self(torch.arange(self.num_embeddings, device=self.packed_codes.device))
+        return self._rows(torch.arange(self.num_embeddings, device=self.packed_codes.device))
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` (1-D int64) as sums of their codewords, the padding row zero."""
+        flat_codebook = self.codebook.reshape(-1, self.embedding_dim)
+        rows = F.embedding_bag(self.lookup_indices(ids), flat_codebook, mode="sum")
+        if self.padding_idx is not None:
+            rows = rows.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
+        return rows
 
     def to_embedding(self) -> nn.Embedding:
         """An equivalent dense `nn.Embedding` (same device and dtype)."""

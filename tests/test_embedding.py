@@ -76,6 +76,13 @@ def test_codebook_gradient_sums_over_every_position_of_repeated_ids() -> None:
     torch.testing.assert_close(module.codebook.grad, expected)
 
 
+def test_compiles_into_one_graph() -> None:
+    module = CompressedEmbedding.from_codes(torch.randint(16, (50, 4)), torch.randn(4, 16, 8), padding_idx=3)
+    ids = torch.tensor([[3, 1, 3], [7, 1, 0]])
+    compiled = torch.compile(module, backend="eager", fullgraph=True)  # fullgraph: a graph break is an error
+    torch.testing.assert_close(compiled(ids), module(ids))
+
+
 def test_padding_idx_row_is_zero_and_gets_no_gradient() -> None:
     module = CompressedEmbedding.from_codes(
         torch.tensor([[0, 1], [1, 1], [1, 0]]), torch.randn(2, 2, 3), padding_idx=1

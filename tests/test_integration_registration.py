@@ -54,6 +54,19 @@ from dccl_hf import smallest_codes
 {REGISTERED}
 assert not any(type(finder).__name__ == "_RegisterAfterImport" for finder in sys.meta_path), "hook left installed"
 """,
+    "a failing registration warns and leaves transformers importable": f"""
+import warnings
+import dccl_hf
+import dccl_hf.integration.quantizer as quantizer
+{NOT_YET_LOADED}
+def moved():
+    raise AttributeError("PreTrainedModel has no attribute 'push_to_hub'")
+quantizer.register = moved
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from transformers import PreTrainedModel
+assert any("dccl_hf could not register with transformers" in str(w.message) for w in caught), caught
+""",
 }
 
 

@@ -9,11 +9,17 @@ compressed `resize_token_embeddings`, the dccl model card on `push_to_hub`) runs
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
+from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: The transformers module that defines `PreTrainedModel`: everything registration patches exists once it has run.
 TRIGGER_MODULE = "transformers.modeling_utils"
@@ -27,10 +33,38 @@ def register_when_transformers_loads() -> None:
         sys.meta_path.insert(0, _RegisterAfterImport())
 
 
-def _register() -> None:
-    from dccl_hf.integration.quantizer import register
+#: The integration's public names, from modules that import transformers: loaded on first use.
+_LAZY_NAMES = {
+    "CompressedLMHead": "dccl_hf.integration.layer",
+    "DcclConfig": "dccl_hf.integration.config",
+    "DcclHfQuantizer": "dccl_hf.integration.quantizer",
+    "model_card": "dccl_hf.integration.card",
+    "register": "dccl_hf.integration.quantizer",
+    "resize_with_codes": "dccl_hf.integration.model",
+}
 
-    register()
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    raise AttributeError(f"module 'dccl_hf.integration' has no attribute {name!r}")
+
+
+def _register() -> None:
+    """Register, or warn: a failure here (say, a transformers version that moved what we patch) must not make
+    transformers itself fail to import, which the import hook would otherwise do."""
+    try:
+        from dccl_hf.integration.quantizer import register
+
+        register()
+    except Exception as error:
+        logger.debug("Registration with transformers failed", exc_info=True)
+        warnings.warn(
+            f"dccl_hf could not register with transformers ({error!r}): compressed checkpoints will not load "
+            "and model.resize_with_codes is missing. Report this with your transformers version.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 class _RegisterAfterImport:
