@@ -499,3 +499,12 @@ def test_default_beams_score_a_few_thousand_candidates_and_keep_the_init_beam_us
     assert additive.default_beams(4096) == (2, 2)
     assert additive.default_beams(256, beam_size=32) == (32, 8)
     assert additive.default_beams(16, beam_size=1) == (1, 1)
+
+
+def test_sample_counts_follow_the_weight_up_to_each_shard_and_fill_the_sample() -> None:
+    assert additive.sample_counts([9.0, 1.0], [1000, 1000], 1000) == [900, 100]
+    # a shard full before its share: the others give the rest, so the sample is all rows when they fit
+    assert additive.sample_counts([9.0, 1.0], [1000, 1000], 1200) == [1000, 200]
+    assert additive.sample_counts([9.0, 1.0], [150, 150], 300) == [150, 150]
+    assert additive.sample_counts([1.0, 1.0, 1.0], [10, 10, 10], 10) == [4, 3, 3]  # largest remainders
+    assert additive.sample_counts([0.0, 0.0], [5, 5], 4) == [2, 2]
