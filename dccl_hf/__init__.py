@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.integration import register_when_transformers_loads
+from dccl_hf.integration import lazy_attributes, register_when_transformers_loads
 from dccl_hf.learning import compress
 from dccl_hf.metrics import ReconstructionReport, reconstruction_report
 from dccl_hf.packing import pack_codes, unpack_codes
@@ -30,16 +29,9 @@ __all__ = [
 ]
 
 #: Public names whose modules import transformers (seconds), imported on first use.
-_TRANSFORMERS_NAMES = {
-    "resize_with_codes": "dccl_hf.integration.model",
-    "smallest_codes": "dccl_hf.fidelity.budget",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TRANSFORMERS_NAMES:
-        return getattr(importlib.import_module(_TRANSFORMERS_NAMES[name]), name)
-    raise AttributeError(f"module 'dccl_hf' has no attribute {name!r}")
+__getattr__ = lazy_attributes(
+    __name__, {"resize_with_codes": "dccl_hf.integration.model", "smallest_codes": "dccl_hf.fidelity.budget"}
+)
 
 
 def __dir__() -> list[str]:

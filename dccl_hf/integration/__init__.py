@@ -14,7 +14,7 @@ import importlib.util
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
@@ -33,21 +33,30 @@ def register_when_transformers_loads() -> None:
         sys.meta_path.insert(0, _RegisterAfterImport())
 
 
-#: The integration's public names, from modules that import transformers: loaded on first use.
-_LAZY_NAMES = {
-    "CompressedLMHead": "dccl_hf.integration.layer",
-    "DcclConfig": "dccl_hf.integration.config",
-    "DcclHfQuantizer": "dccl_hf.integration.quantizer",
-    "model_card": "dccl_hf.integration.card",
-    "register": "dccl_hf.integration.quantizer",
-    "resize_with_codes": "dccl_hf.integration.model",
-}
+def lazy_attributes(module: str, sources: dict[str, str]) -> Callable[[str], Any]:
+    """A module `__getattr__` (PEP 562) for `module` that imports each name of `sources` from the module it maps
+    to on first use: for public names whose modules import transformers."""
+
+    def attribute(name: str) -> Any:
+        if name in sources:
+            return getattr(importlib.import_module(sources[name]), name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return attribute
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_NAMES:
-        return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
-    raise AttributeError(f"module 'dccl_hf.integration' has no attribute {name!r}")
+#: The integration's public names, loaded on first use.
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "CompressedLMHead": "dccl_hf.integration.layer",
+        "DcclConfig": "dccl_hf.integration.config",
+        "DcclHfQuantizer": "dccl_hf.integration.quantizer",
+        "model_card": "dccl_hf.integration.card",
+        "register": "dccl_hf.integration.quantizer",
+        "resize_with_codes": "dccl_hf.integration.model",
+    },
+)
 
 
 def _register() -> None:

@@ -3,7 +3,8 @@
 transformers builds the dense model on the meta device, then calls `_process_model_before_weight_loading`;
 there the modules named by the checkpoint's `DcclConfig` are swapped for empty compressed ones, so the
 checkpoint's packed codes and codebooks load straight into them. `register()` makes ``quant_method: "dccl"``
-known to transformers and adds `resize_with_codes` to every `PreTrainedModel`; ``import dccl_hf`` has it called once transformers defines `PreTrainedModel`.
+known to transformers and adds `resize_with_codes` to every `PreTrainedModel`; ``import dccl_hf`` has it called
+once transformers defines `PreTrainedModel`.
 """
 
 from __future__ import annotations

@@ -392,17 +392,21 @@ def _keep_better(
     return torch.where(better[:, None], candidate, codes), torch.where(better, candidate_distances, distances)
 
 
+def _weighted_mean(values: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
+    """Σ w·v / Σ w over every shard's rows, in float64."""
+    totals = all_sum(torch.stack([(values.double() * row_weights).sum(), row_weights.double().sum()]))
+    return totals[0] / totals[1]
+
+
 def _objective(distances: torch.Tensor, row_weights: torch.Tensor, objective: Objective) -> float:
     """Weighted mean euclidean or squared distance, the quantity the algorithm minimises."""
     values = distances.double() if objective == "distance" else distances.double().square()
-    totals = all_sum(torch.stack([(values * row_weights).sum(), row_weights.double().sum()]))
-    return float(totals[0] / totals[1])
+    return float(_weighted_mean(values, row_weights))
 
 
 def _distance_floor(distances: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
     """Smallest distance used in the IRLS weights, so that exactly reconstructed rows do not dominate."""
-    totals = all_sum(torch.stack([(distances.double() * row_weights).sum(), row_weights.double().sum()]))
-    return (1e-2 * totals[0] / totals[1]).clamp_min(1e-12).to(distances.dtype)
+    return (1e-2 * _weighted_mean(distances, row_weights)).clamp_min(1e-12).to(distances.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
