@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from dccl_hf import compress
 from dccl_hf.fidelity.calibration import row_weights_from_calibration
 from dccl_hf.learning.additive import sufficient_statistics
-from dccl_hf.learning.distributed import gather_rows, rank_and_size
+from dccl_hf.learning.distributed import gather_rows, gather_rows_on_first, rank_and_size
 
 ROWS, DIM, M, K = 3000, 12, 4, 16
 WORLD = 2
@@ -120,6 +120,7 @@ def run_rank(rank: int, directory: str) -> None:
             "gram": gram,
             "cross": cross,
             "gathered": gather_rows(torch.arange(rows.start, rows.stop)),
+            "gathered_on_first": gather_rows_on_first(torch.arange(rows.start, rows.stop)),
             "split": split.reconstruct().detach(),
             "calibrated": (calibrated.codes, weighted.codes),
             "resumed": (
@@ -163,6 +164,9 @@ def test_every_rank_gets_the_same_module_for_the_whole_table(ranks: list[dict[st
     torch.testing.assert_close(first["codebook"], second["codebook"], rtol=0, atol=0)
     torch.testing.assert_close(first["timed_codes"], second["timed_codes"], rtol=0, atol=0)
     torch.testing.assert_close(first["gathered"], torch.arange(ROWS), rtol=0, atol=0)
+    torch.testing.assert_close(second["gathered"], torch.arange(ROWS), rtol=0, atol=0)
+    torch.testing.assert_close(first["gathered_on_first"], torch.arange(ROWS), rtol=0, atol=0)
+    assert second["gathered_on_first"] is None
     assert first["padding_idx"] == second["padding_idx"] == PADDING
 
 

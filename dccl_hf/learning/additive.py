@@ -40,6 +40,7 @@ from dccl_hf.learning.distributed import (
     all_sum,
     broadcast,
     gather_rows,
+    gather_rows_on_first,
     is_sharded,
     rank_and_size,
     shard_rows,
@@ -733,7 +734,7 @@ def residual_beam_init(
     if is_sharded():
         sample = None
         rows, weights = _gathered_sample(matrix, row_weights, shards, sample_rows, generator)
-        encoded_per_sample_row = max(shards) / rows.shape[0]  # each rank encodes all its rows, side by side
+        encoded_per_sample_row = max(shards) / sample_rows  # each rank encodes all its rows, side by side
     else:
         sample = torch.multinomial(row_weights + 1e-12, sample_rows, replacement=False, generator=generator)
         rows, weights = matrix[sample], row_weights[sample]
@@ -776,9 +777,10 @@ def _gathered_sample(
     shards: list[int],
     sample_rows: int,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """A sample of `sample_rows` rows (and their weights) drawn by weight from every rank's shard, each rank
-    contributing in proportion to its share of the total weight, gathered on every rank."""
+    contributing in proportion to its share of the total weight, gathered on rank 0 (None, None on the others:
+    only rank 0 trains on it)."""
     masses = gather_rows(row_weights.double().sum().reshape(1)).tolist()
     count = sample_counts(masses, shards, sample_rows)[rank_and_size()[0]]
     chosen = (
@@ -786,7 +788,7 @@ def _gathered_sample(
         if count
         else torch.zeros(0, dtype=torch.long, device=matrix.device)
     )
-    return gather_rows(matrix[chosen]), gather_rows(row_weights[chosen])
+    return gather_rows_on_first(matrix[chosen]), gather_rows_on_first(row_weights[chosen])
 
 
 def sample_counts(masses: list[float], shards: list[int], sample_rows: int) -> list[int]:

@@ -2,7 +2,7 @@
 
 Each rank holds a contiguous block of the table's rows, in rank order. Every sum over rows goes through
 `all_sum`, every decision taken from one rank's clock through `agreed`, and the codes come back together with
-`gather_rows`; local work that can fail on one rank only (reading, checking) runs inside `together`. In a single
+`gather_rows` (data only rank 0 works on with `gather_rows_on_first`); local work that can fail on one rank only (reading, checking) runs inside `together`. In a single
 process (no initialised process group) each is the identity, so the learners run
 unchanged.
 """
@@ -64,14 +64,30 @@ def shard_rows(rows: int, device: torch.device) -> list[int]:
 
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's `tensor` (rows × …) concatenated in rank order, on every rank."""
-    _, size = rank_and_size()
+    return _gather_rows(tensor, to_every_rank=True)
+
+
+def gather_rows_on_first(tensor: torch.Tensor) -> torch.Tensor | None:
+    """Every rank's `tensor` (rows × …) concatenated in rank order on rank 0, None on the others: for data
+    only rank 0 works on, which the other ranks then need not hold."""
+    return _gather_rows(tensor, to_every_rank=False)
+
+
+def _gather_rows(tensor: torch.Tensor, *, to_every_rank: bool) -> torch.Tensor | None:
+    rank, size = rank_and_size()
     if size == 1:
         return tensor
     counts = shard_rows(tensor.shape[0], tensor.device)
+    # Collectives move equal shapes: each rank's part is padded to the largest and cut back after.
     padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in range(size)]
-    dist.all_gather(parts, padded)
+    parts = [torch.empty_like(padded) for _ in range(size)] if to_every_rank or rank == 0 else None
+    if to_every_rank:
+        dist.all_gather(parts, padded)
+    else:
+        dist.gather(padded, parts, dst=0)
+    if parts is None:
+        return None
     return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
 
 
