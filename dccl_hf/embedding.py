@@ -166,13 +166,15 @@ class CompressedEmbedding(
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.dtype.is_complex:
             raise TypeError(f"input ids must be an integer tensor, got {input_ids.dtype}.")
         flat_ids = input_ids.reshape(-1).to(torch.int64)
-        if flat_ids.numel() == 0:
-            return self.codebook.new_zeros(*input_ids.shape, self.embedding_dim)
-        # Batches of text repeat tokens (Zipf's law): each distinct row is summed from its codewords once, and in
-        # training the codebook's gradient is accumulated over distinct rows, not over every position.
-        distinct_ids, positions = torch.unique(flat_ids, return_inverse=True)
-        rows = self._rows(distinct_ids)
-        return F.embedding(positions, rows).reshape(*input_ids.shape, self.embedding_dim)
+        distinct = _distinct(flat_ids)
+        if distinct is None:
+            rows = self._rows(flat_ids)
+        else:
+            # Batches of text repeat tokens (Zipf's law): each distinct row is summed from its codewords once,
+            # and in training the codebook's gradient is accumulated over distinct rows, not every position.
+            distinct_ids, positions = distinct
+            rows = F.embedding(positions, self._rows(distinct_ids))
+        return rows.reshape(*input_ids.shape, self.embedding_dim)
 
     def reconstruct(self) -> torch.Tensor:
         """The dense (num_embeddings, embedding_dim) matrix these codes and codebook stand for."""
@@ -292,3 +294,17 @@ class CompressedEmbedding(
             token=token,
             **model_kwargs,
         )
+
+
+def _distinct(flat_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The distinct ids of `flat_ids` and each position's index among them, or None where the number of distinct
+    ids cannot be known: their count is data-dependent, which compiled graphs (inductor's backward), meta and fake
+    tensors and `torch.func.vmap` do not support; there every position is summed from its codewords."""
+    if torch.compiler.is_compiling() or flat_ids.device.type == "meta":
+        return None
+    try:
+        return torch.unique(flat_ids, return_inverse=True)
+    except torch.OutOfMemoryError:
+        raise
+    except (NotImplementedError, RuntimeError):  # fake tensors, vmap: no data-dependent output shapes
+        return None

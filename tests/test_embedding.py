@@ -76,11 +76,36 @@ def test_codebook_gradient_sums_over_every_position_of_repeated_ids() -> None:
     torch.testing.assert_close(module.codebook.grad, expected)
 
 
-def test_compiles_into_one_graph() -> None:
+def test_compiles_into_one_graph_with_inductor_forward_and_backward() -> None:
     module = CompressedEmbedding.from_codes(torch.randint(16, (50, 4)), torch.randn(4, 16, 8), padding_idx=3)
     ids = torch.tensor([[3, 1, 3], [7, 1, 0]])
-    compiled = torch.compile(module, backend="eager", fullgraph=True)  # fullgraph: a graph break is an error
-    torch.testing.assert_close(compiled(ids), module(ids))
+    compiled = torch.compile(module, fullgraph=True)  # fullgraph: a graph break is an error
+    output = compiled(ids)
+    output.square().sum().backward()
+    compiled_gradient, module.codebook.grad = module.codebook.grad, None
+    module(ids).square().sum().backward()
+    torch.testing.assert_close(output, module(ids))
+    torch.testing.assert_close(compiled_gradient, module.codebook.grad)
+
+
+def test_runs_where_the_number_of_distinct_ids_cannot_be_known() -> None:
+    """Meta and fake tensors (shape inference) and vmap (per-sample gradients) have no data-dependent shapes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    module = CompressedEmbedding.from_codes(torch.randint(16, (50, 4)), torch.randn(4, 16, 8), padding_idx=3)
+    ids = torch.tensor([[3, 1, 3], [7, 1, 0]])
+    assert CompressedEmbedding(50, 8, 4, 16, device="meta")(ids.to("meta")).shape == (2, 3, 8)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        assert module(ids).shape == (2, 3, 8)
+    torch.testing.assert_close(torch.func.vmap(module)(ids), module(ids))
+
+
+def test_an_empty_batch_is_part_of_the_graph_like_nn_embedding() -> None:
+    module = CompressedEmbedding(10, 4, 2, 16)
+    output = module(torch.zeros(0, 3, dtype=torch.long))
+    assert output.shape == (0, 3, 4)
+    output.sum().backward()  # an empty batch in data-parallel training still joins the backward pass
+    assert torch.count_nonzero(module.codebook.grad) == 0
 
 
 def test_padding_idx_row_is_zero_and_gets_no_gradient() -> None:
