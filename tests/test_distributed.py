@@ -110,8 +110,23 @@ def run_rank(rank: int, directory: str) -> None:
             compress(broken, M, K, max_iterations=1, **options)
         except (ValueError, RuntimeError) as error:
             errors.append(f"{type(error).__name__}: {error}")
+        first_half = (
+            torch.arange(ROWS) < ROWS // 2
+        ).float()  # rank 1's rows all weigh 0, as unused tokens may
+        zero_shard = compress(
+            matrix[rows], M, K, weights=first_half[rows], max_iterations=1, seed=0, progress=False
+        )
+        try:
+            compress(matrix[rows], M, K, weights=torch.zeros(ROWS)[rows], max_iterations=1, **options)
+        except ValueError as error:
+            errors.append(str(error))
+        try:  # another job in the same directory
+            compress(matrix[rows], M, K // 2, max_iterations=1, checkpoint_dir=checkpoints, **options)
+        except (ValueError, RuntimeError) as error:
+            errors.append(str(error))
         result = {
             "rank": rank_and_size(),
+            "zero_shard": (zero_shard.codes, zero_shard.codebook.detach()),
             "codes": module.codes,
             "codebook": module.codebook.detach(),
             "padding_idx": module.padding_idx,
@@ -247,3 +262,28 @@ def test_unsupported_options_are_clear_errors_on_every_rank(ranks: list[dict[str
 def test_a_bad_shard_stops_every_rank(ranks: list[dict[str, Any]]) -> None:
     assert ranks[1]["errors"][1].startswith("ValueError: matrix row 3 contains NaN")
     assert ranks[0]["errors"][1] == "RuntimeError: 1 other rank(s) failed before learning; see their errors."
+
+
+def test_a_shard_whose_rows_all_weigh_zero_learns_with_the_others(ranks: list[dict[str, Any]]) -> None:
+    matrix, _ = table()
+    (codes, codebook), (other_codes, other_codebook) = (result["zero_shard"] for result in ranks)
+    torch.testing.assert_close(codes, other_codes, rtol=0, atol=0)
+    torch.testing.assert_close(codebook, other_codebook, rtol=0, atol=0)
+    distances = (codebook[torch.arange(M), codes].sum(1) - matrix).norm(dim=1)
+    # The rows that weigh are learned, the others only encoded.
+    assert distances[: ROWS // 2].mean() < distances[ROWS // 2 :].mean()
+
+
+def test_all_weights_zero_over_every_shard_is_a_clear_error_on_every_rank(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for result in ranks:
+        assert result["errors"][2] == (
+            "All row weights are zero (the padding row counts as zero); give some row a positive weight."
+        )
+
+
+def test_another_job_s_checkpoints_name_every_file_to_delete(ranks: list[dict[str, Any]]) -> None:
+    for result in ranks:
+        assert "belongs to a different job (codebook_size: checkpoint 16, now 8)" in result["errors"][3]
+        assert result["errors"][3].endswith("checkpoint-rank*-of-2*.pt to start this job over.")

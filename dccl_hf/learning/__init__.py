@@ -116,6 +116,7 @@ def compress(
                 options.setdefault("objective", "squared")
         row_weights = _row_weights(weights, rows, local_padding, target)
         transform = None if metric is None else MetricTransform.from_metric(metric, dim, target)
+    _check_some_weight_positive(row_weights, padding, target)
     if transform is not None:
         data = transform.apply(data, in_place=copied)
         copied = True
@@ -381,11 +382,17 @@ def _row_weights(
                 raise ValueError(f"weights must be {what}; weight {index} is {float(values[index])}.")
     if padding_idx is not None:
         values[padding_idx] = 0.0
-    if not bool((values > 0).any()):
-        raise ValueError(
-            "All row weights are zero (the padding row counts as zero); give some row a positive weight."
-        )
     return values
+
+
+def _check_some_weight_positive(
+    row_weights: torch.Tensor | None, padding_idx: int | None, device: torch.device
+) -> None:
+    """Raise on every rank if no row of the whole table has a positive weight (one shard's may all be zero)."""
+    positive = row_weights is None or bool((row_weights > 0).any())
+    if not all_sum(torch.tensor([float(positive)], device=device)).item():
+        padding = " (the padding row counts as zero)" if padding_idx is not None else ""
+        raise ValueError(f"All row weights are zero{padding}; give some row a positive weight.")
 
 
 def _digest(data: torch.Tensor) -> str:

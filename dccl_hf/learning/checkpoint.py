@@ -99,9 +99,13 @@ class JobCheckpointer(Checkpointer):
                 differences = "it was not written by dccl_hf.compress"
             raise ValueError(
                 f"The checkpoint {path} belongs to a different job ({differences}). Use another "
-                f"checkpoint directory, or delete {path} to start this job over."
+                f"checkpoint directory, or delete {self._own_files()} to start this job over."
             )
         return state
+
+    def _own_files(self) -> str:
+        """The files to delete for this job to start over, as a user would be told."""
+        return str(self.path)
 
     def _refuse_other_layouts(self) -> None:
         """Starting over beside another layout's checkpoints would leave two runs' files mixed in one directory."""
@@ -161,6 +165,9 @@ class ShardCheckpointer(JobCheckpointer):
         if self.path.exists():
             os.replace(self.path, self.previous)
         super().save(state)
+
+    def _own_files(self) -> str:
+        return f"every rank's files {self.directory / f'checkpoint-rank*-of-{rank_and_size()[1]}*.pt'}"
 
     def _is_own(self, name: str) -> bool:
         """Any rank's files of a run with this number of ranks (a rank may not have saved yet when others have)."""
