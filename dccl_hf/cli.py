@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -580,6 +581,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                     f"row {row}: the artifact's vocab.txt has {saved!r} but {source.origin} has {original!r}; "
                     "is it the matrix the artifact was compressed from?"
                 )
+    compression_ratio = module.compression_ratio  # the artifact's, not that of the rows compared
     if limit < rows:
         padding = (
             module.padding_idx if module.padding_idx is not None and module.padding_idx < limit else None
@@ -587,8 +589,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         module = CompressedEmbedding.from_codes(
             module.codes[:limit], module.codebook.detach(), padding_idx=padding
         )
+    report = reconstruction_report(source.matrix, module)
     print(f"{args.artifact} vs {source.origin} ({limit} rows):")
-    print(reconstruction_report(source.matrix, module))
+    print(dataclasses.replace(report, compression_ratio=compression_ratio))
     return 0
 
 

@@ -482,6 +482,7 @@ def _read_model_directory(
         raise ValueError(
             f"{directory} is a directory without config.json, so not a Hugging Face model; pass a file instead."
         )
+    _refuse_compressed(directory)
     checkpoint = _checkpoint_file(directory, tensor, fetch)
     if checkpoint is not None:
         checkpoint_path, name = checkpoint
@@ -491,6 +492,29 @@ def _read_model_directory(
     words = _tokenizer_words(directory, source.matrix.shape[0])
     origin = f"{directory} ({source.origin.rsplit(':', 1)[-1]})"
     return EmbeddingSource(source.matrix, words, origin, model=str(model_id or directory))
+
+
+def _refuse_compressed(directory: Path) -> None:
+    """A dccl_hf artifact or a model with dccl-compressed embeddings has no dense table left to compress."""
+    from dccl_hf.integration.config import QUANT_METHOD
+
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers reports unreadable configs in its own words
+    if not isinstance(config, dict):
+        return
+    if config.get("library_name") == "dccl_hf":
+        raise ValueError(
+            f"{directory} is a dccl_hf artifact: its rows are codes already. Compress the original table instead, "
+            f"or measure this one with `dccl-hf evaluate {directory} --original ORIGINAL`."
+        )
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict) and quantization.get("quant_method") == QUANT_METHOD:
+        raise ValueError(
+            f"{directory} is a model whose embeddings dccl_hf has already compressed (quant_method "
+            f"{QUANT_METHOD!r}); compress the original, uncompressed model instead."
+        )
 
 
 def _checkpoint_file(

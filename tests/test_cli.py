@@ -63,9 +63,11 @@ def test_round_trip(tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[s
     code, stdout, _ = run(["evaluate", str(out), "--original", str(glove)], capsys)
     assert code == 0
     assert distance(stdout) == pytest.approx(compressed_distance, abs=1e-6)
+    ratio = next(line for line in stdout.splitlines() if "compression ratio" in line)
     code, stdout, _ = run(["evaluate", str(out), "--original", str(glove), "--limit", "50"], capsys)
     assert code == 0
     assert "50 × 8" in stdout
+    assert ratio in stdout.splitlines()  # the artifact's ratio, not that of 50 rows with the whole codebook
 
     prefix = tmp_path / "reference" / "glove"
     code, stdout, _ = run(["export", str(out), "--prefix", str(prefix)], capsys)

