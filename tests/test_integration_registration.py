@@ -54,6 +54,38 @@ from dccl_hf import smallest_codes
 {REGISTERED}
 assert not any(type(finder).__name__ == "_RegisterAfterImport" for finder in sys.meta_path), "hook left installed"
 """,
+    "a spec lookup that imports nothing leaves the hook for the import": f"""
+import importlib.util
+import dccl_hf
+assert importlib.util.find_spec("transformers.modeling_utils") is not None
+{NOT_YET_LOADED}
+from transformers import AutoModel
+{REGISTERED}
+assert not any(type(finder).__name__ == "_RegisterAfterImport" for finder in sys.meta_path), "hook left installed"
+""",
+    "an import of transformers' models that failed registers when retried": f"""
+import importlib.abc, importlib.machinery, sys
+import dccl_hf
+class FailOnce(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    failed = False
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "transformers.modeling_utils" or self.failed:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        FailOnce.failed = True
+        raise ImportError("a broken install, fixed before the retry")
+sys.meta_path.insert(1, FailOnce())  # behind dccl_hf's hook, which asks the other finders
+try:
+    import transformers.modeling_utils
+except ImportError as error:
+    assert "broken install" in str(error)
+{NOT_YET_LOADED}
+import transformers.modeling_utils
+{REGISTERED}
+""",
     "a failing registration warns and leaves transformers importable": f"""
 import warnings
 import dccl_hf

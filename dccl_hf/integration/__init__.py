@@ -77,22 +77,29 @@ def _register() -> None:
 
 
 class _RegisterAfterImport:
-    """Import-system finder, used once: asked for `TRIGGER_MODULE`, it leaves `sys.meta_path`, finds the module's
-    spec the usual way and has its loader register right after executing it."""
+    """Import-system finder: asked for `TRIGGER_MODULE`, it finds the module's spec the usual way and has its
+    loader register right after executing it. It leaves `sys.meta_path` only once that import has succeeded, so
+    neither a spec lookup that imports nothing (`importlib.util.find_spec`) nor a failed import uses it up."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
         if fullname != TRIGGER_MODULE:
             return None
-        sys.meta_path.remove(self)  # one-shot; and the search below must not find this finder again
-        spec = importlib.util.find_spec(fullname)
+        position = sys.meta_path.index(self)
+        sys.meta_path.remove(self)  # the search below must not find this finder again
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(position, self)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         execute = spec.loader.exec_module
 
         def exec_module(module: ModuleType) -> None:
             execute(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             _register()
 
         spec.loader.exec_module = exec_module  # this spec's own loader instance, not the loader class

@@ -4,8 +4,9 @@ Without ``import dccl_hf`` transformers skips the unknown ``quant_method: "dccl"
 the checkpoint has no ``<embedding>.weight``, so that table would be randomly initialised without an error.
 `save_pretrained` therefore also writes, under each compressed embedding's dense weight name, a tensor of shape
 (0,): it holds no data and can never match a (rows, dim) weight, so plain transformers stops with a size-mismatch
-`RuntimeError`. A zero-element tensor named `IMPORT_HINT_KEY` is listed next to it in transformers' load report
-and tells the reader what to do. With ``import dccl_hf`` the quantizer marks all of them as expected-unused keys
+`RuntimeError` (unless told to re-initialise mismatched weights with ``ignore_mismatched_sizes=True``). A
+zero-element tensor named `IMPORT_HINT_KEY` is listed next to it in transformers' load report and tells the
+reader what to do. With ``import dccl_hf`` the quantizer marks all of them as expected-unused keys
 for `from_pretrained`, and a load-state-dict hook drops them for `load_state_dict` (Trainer resuming a run).
 A tied head needs no guard: transformers ties its weight to the (guarded) embedding weight.
 """
