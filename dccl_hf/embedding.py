@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from dccl_hf.checks import is_integer
 from dccl_hf.packing import bits_per_code, pack_codes, packed_row_bytes, unpack_codes
@@ -298,13 +299,13 @@ class CompressedEmbedding(
 
 def _distinct(flat_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The distinct ids of `flat_ids` and each position's index among them, or None where the number of distinct
-    ids cannot be known: their count is data-dependent, which compiled graphs (inductor's backward), meta and fake
-    tensors and `torch.func.vmap` do not support; there every position is summed from its codewords."""
-    if torch.compiler.is_compiling() or flat_ids.device.type == "meta":
+    ids cannot be known: it is data-dependent, which compilation (inductor's backward fails on it), meta and fake
+    tensors and `torch.func` transforms (vmap) do not support; there every position is summed from its codewords."""
+    if (
+        torch.compiler.is_compiling()
+        or flat_ids.device.type == "meta"
+        or is_fake(flat_ids)
+        or torch._C._are_functorch_transforms_active()
+    ):
         return None
-    try:
-        return torch.unique(flat_ids, return_inverse=True)
-    except torch.OutOfMemoryError:
-        raise
-    except (NotImplementedError, RuntimeError):  # fake tensors, vmap: no data-dependent output shapes
-        return None
+    return torch.unique(flat_ids, return_inverse=True)

@@ -496,7 +496,7 @@ def _read_model_directory(
 
 def _refuse_compressed(directory: Path) -> None:
     """A dccl_hf artifact or a model with dccl-compressed embeddings has no dense table left to compress."""
-    from dccl_hf.integration.config import QUANT_METHOD
+    from dccl_hf.integration import QUANT_METHOD
 
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))

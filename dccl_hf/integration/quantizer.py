@@ -23,7 +23,8 @@ from transformers.quantizers.auto import (
 )
 
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.integration.config import QUANT_METHOD, DcclConfig
+from dccl_hf.integration import QUANT_METHOD
+from dccl_hf.integration.config import DcclConfig
 from dccl_hf.integration.guard import guard_key_patterns, guard_tensors, skip_guards_in_load_state_dict
 from dccl_hf.integration.model import (
     build_compressed_modules,

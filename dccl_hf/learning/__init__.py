@@ -25,7 +25,15 @@ from dccl_hf.fidelity.models import Tokenizer
 from dccl_hf.learning.additive import CHUNK_ELEMENTS, fit_additive
 from dccl_hf.learning.checkpoint import JobCheckpointer, ShardCheckpointer
 from dccl_hf.learning.dccl import fit_dccl
-from dccl_hf.learning.distributed import all_sum, gather_rows, is_sharded, rank_and_size, shard_rows, together
+from dccl_hf.learning.distributed import (
+    all_sum,
+    count_ranks,
+    gather_rows,
+    is_sharded,
+    rank_and_size,
+    shard_rows,
+    together,
+)
 from dccl_hf.learning.metric import MetricTransform
 from dccl_hf.packing import bits_per_code
 
@@ -389,8 +397,7 @@ def _check_some_weight_positive(
     row_weights: torch.Tensor | None, padding_idx: int | None, device: torch.device
 ) -> None:
     """Raise on every rank if no row of the whole table has a positive weight (one shard's may all be zero)."""
-    positive = row_weights is None or bool((row_weights > 0).any())
-    if not all_sum(torch.tensor([float(positive)], device=device)).item():
+    if not count_ranks(row_weights is None or bool((row_weights > 0).any()), device):
         padding = " (the padding row counts as zero)" if padding_idx is not None else ""
         raise ValueError(f"All row weights are zero{padding}; give some row a positive weight.")
 

@@ -743,6 +743,8 @@ def residual_beam_init(
     plan = _InitPlan(beam_size, beam_size, encoded_per_sample_row)
     sample_codes = None
     if rank_and_size()[0] == 0:
+        assert rows is not None  # the gathered sample is rank 0's
+        assert weights is not None
         sample_codes, plan = _train_residual(
             rows, weights, codebook, generator, iterations, plan, seconds, start
         )

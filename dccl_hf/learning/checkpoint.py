@@ -167,7 +167,8 @@ class ShardCheckpointer(JobCheckpointer):
         super().save(state)
 
     def _own_files(self) -> str:
-        return f"every rank's files {self.directory / f'checkpoint-rank*-of-{rank_and_size()[1]}*.pt'}"
+        files = self.directory / f"checkpoint-rank*-of-{rank_and_size()[1]}"
+        return f"every rank's files {files}.pt and {files}.previous.pt"
 
     def _is_own(self, name: str) -> bool:
         """Any rank's files of a run with this number of ranks (a rank may not have saved yet when others have)."""

@@ -2,9 +2,9 @@
 
 Each rank holds a contiguous block of the table's rows, in rank order. Every sum over rows goes through
 `all_sum`, every decision taken from one rank's clock through `agreed`, and the codes come back together with
-`gather_rows` (data only rank 0 works on with `gather_rows_on_first`); local work that can fail on one rank only (reading, checking) runs inside `together`. In a single
-process (no initialised process group) each is the identity, so the learners run
-unchanged.
+`gather_rows` (data only rank 0 works on: `gather_rows_on_first`); local work that can fail on one rank only
+(reading, checking) runs inside `together`. In a single process (no initialised process group) each is the
+identity, so the learners run unchanged.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def shard_rows(rows: int, device: torch.device) -> list[int]:
 
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's `tensor` (rows × …) concatenated in rank order, on every rank."""
-    return _gather_rows(tensor, to_every_rank=True)
+    gathered = _gather_rows(tensor, to_every_rank=True)
+    assert gathered is not None  # every rank receives
+    return gathered
 
 
 def gather_rows_on_first(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -108,4 +110,9 @@ def together(device: torch.device) -> Iterator[None]:
 
 def _failures(device: torch.device, *, failed: bool) -> int:
     """How many ranks (this one included) report a failure."""
-    return int(all_sum(torch.tensor([float(failed)], device=device)).item())
+    return count_ranks(failed, device)
+
+
+def count_ranks(flag: bool, device: torch.device) -> int:
+    """How many ranks (this one included) pass a true `flag`; every rank must call it."""
+    return int(all_sum(torch.tensor([float(flag)], device=device)).item())
