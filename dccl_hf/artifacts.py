@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: `library_name` of an artifact's config.json: what tells a dccl_hf artifact from a model directory.
+LIBRARY_NAME = "dccl_hf"
 CONFIG_NAME = constants.CONFIG_NAME
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE
 CODEBOOK_DTYPES = {
@@ -131,7 +133,7 @@ def save_artifact(module: CompressedEmbedding, directory: Path) -> None:
     from dccl_hf import __version__  # here, not at the top: dccl_hf/__init__.py may import this module
 
     config = {
-        "library_name": "dccl_hf",
+        "library_name": LIBRARY_NAME,
         "format_version": FORMAT_VERSION,
         "dccl_hf_version": __version__,
         **{key: getattr(module, key) for key in SHAPE_KEYS},

@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dccl_hf.artifacts import LIBRARY_NAME
 from dccl_hf.checks import is_integer
 from dccl_hf.files import write_file_atomic
+from dccl_hf.integration import QUANT_METHOD
 
 logger = logging.getLogger(__name__)
 
@@ -496,15 +498,13 @@ def _read_model_directory(
 
 def _refuse_compressed(directory: Path) -> None:
     """A dccl_hf artifact or a model with dccl-compressed embeddings has no dense table left to compress."""
-    from dccl_hf.integration import QUANT_METHOD
-
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # transformers reports unreadable configs in its own words
     if not isinstance(config, dict):
         return
-    if config.get("library_name") == "dccl_hf":
+    if config.get("library_name") == LIBRARY_NAME:
         raise ValueError(
             f"{directory} is a dccl_hf artifact: its rows are codes already. Compress the original table instead, "
             f"or measure this one with `dccl-hf evaluate {directory} --original ORIGINAL`."

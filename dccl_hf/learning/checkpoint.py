@@ -131,10 +131,15 @@ class ShardCheckpointer(JobCheckpointer):
 
     def __init__(self, directory: str | os.PathLike[str], job: dict[str, Any], device: torch.device) -> None:
         super().__init__(directory, job)
-        rank, size = rank_and_size()
-        self.path = self.directory / f"checkpoint-rank{rank}-of-{size}.pt"
-        self.previous = self.directory / f"checkpoint-rank{rank}-of-{size}.previous.pt"
+        rank, _ = rank_and_size()
+        self.path = self.directory / self._file_name(rank)
+        self.previous = self.directory / self._file_name(rank, previous=True)
         self.device = device
+
+    @staticmethod
+    def _file_name(rank: int | str, *, previous: bool = False) -> str:
+        """Rank `rank`'s latest (or previous) checkpoint file; rank "*" gives every rank's as a glob pattern."""
+        return f"checkpoint-rank{rank}-of-{rank_and_size()[1]}{'.previous' if previous else ''}.pt"
 
     def load(self) -> dict[str, Any] | None:
         with together(self.device):  # a rank whose checkpoint is unreadable or another job's stops every rank
@@ -167,8 +172,11 @@ class ShardCheckpointer(JobCheckpointer):
         super().save(state)
 
     def _own_files(self) -> str:
-        files = self.directory / f"checkpoint-rank*-of-{rank_and_size()[1]}"
-        return f"every rank's files {files}.pt and {files}.previous.pt"
+        latest, previous = (
+            self.directory / self._file_name("*"),
+            self.directory / self._file_name("*", previous=True),
+        )
+        return f"every rank's files {latest} and {previous}"
 
     def _is_own(self, name: str) -> bool:
         """Any rank's files of a run with this number of ranks (a rank may not have saved yet when others have)."""

@@ -101,16 +101,11 @@ def together(device: torch.device) -> Iterator[None]:
     try:
         yield
     except Exception:
-        _failures(device, failed=True)
+        count_ranks(True, device)  # tells the others this rank failed
         raise
-    failures = _failures(device, failed=False)
+    failures = count_ranks(False, device)
     if failures:
         raise RuntimeError(f"{failures} other rank(s) failed before learning; see their errors.")
-
-
-def _failures(device: torch.device, *, failed: bool) -> int:
-    """How many ranks (this one included) report a failure."""
-    return count_ranks(failed, device)
 
 
 def count_ranks(flag: bool, device: torch.device) -> int:
