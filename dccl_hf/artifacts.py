@@ -268,7 +268,7 @@ def _read_config(file: BinaryIO, path: Path) -> dict[str, Any]:
         raise ArtifactError(
             path, f"'padding_idx' must be null or in [0, {config['num_embeddings']}), got {padding_idx!r}."
         )
-    if config.get("codebook_dtype") not in CODEBOOK_DTYPES:
+    if not isinstance(config.get("codebook_dtype"), str) or config["codebook_dtype"] not in CODEBOOK_DTYPES:
         raise ArtifactError(
             path,
             f"'codebook_dtype' must be one of {sorted(CODEBOOK_DTYPES)}, got {config.get('codebook_dtype')!r}.",
@@ -334,23 +334,29 @@ def _tensor_layout(
     layout = []
     for name, (dtype, shape) in expected.items():
         entry = header[name]
-        if not isinstance(entry, dict) or not isinstance(entry.get("data_offsets"), list):
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(map(is_integer, offsets))
+            and isinstance(entry.get("dtype"), str)
+        ):
             raise ArtifactError(
-                path, f"truncated or corrupted safetensors file: entry of '{name}' is malformed."
+                path, f"truncated or corrupted safetensors file: the header entry of '{name}' is malformed."
             )
-        if entry.get("shape") != list(shape):
+        stored_shape = entry.get("shape")
+        if stored_shape != list(shape):
+            shown = tuple(stored_shape) if isinstance(stored_shape, list) else stored_shape
             raise ArtifactError(
                 path,
-                f"tensor '{name}' has shape {tuple(entry.get('shape') or ())} but {config_path.name} ({described}) "
-                f"implies {shape}; the config and the weights disagree.",
+                f"tensor '{name}' has shape {shown} but {config_path.name} ({described}) implies {shape}; the "
+                "config and the weights disagree.",
             )
-        stored = SAFETENSORS_DTYPE_NAMES.get(entry.get("dtype"), entry.get("dtype"))
+        stored = SAFETENSORS_DTYPE_NAMES.get(entry["dtype"], entry["dtype"])
         if stored != dtype:
             raise ArtifactError(path, f"tensor '{name}' has dtype {stored}, expected {dtype}.")
-        torch_dtype = CODEBOOK_DTYPES.get(dtype, torch.uint8)
-        start, end = (entry["data_offsets"] + [None, None])[:2]
-        layout.append((name, torch_dtype, shape, start, end))
-    layout.sort(key=lambda item: item[3] if is_integer(item[3]) else -1)
+        layout.append((name, CODEBOOK_DTYPES.get(dtype, torch.uint8), shape, *offsets))
+    layout.sort(key=lambda item: item[3])
     position = 0
     for name, dtype, shape, start, end in layout:
         nbytes = math.prod(shape) * dtype.itemsize
