@@ -106,6 +106,16 @@ class CompressedEmbedding(
     ) -> CompressedEmbedding:
         """Build the module around packed codes (uint8, V × ceil(M·log2 K / 8)) and a codebook (M, K, D), both
         taken as they are (not copied): the loading path, which must not pay for initial values it overwrites."""
+        if packed_codes.dtype != torch.uint8 or packed_codes.ndim != 2:
+            raise ValueError(
+                f"packed_codes must be uint8 of shape (num_embeddings, row bytes), got {packed_codes.dtype} "
+                f"of shape {tuple(packed_codes.shape)}."
+            )
+        if codebook.ndim != 3 or not codebook.is_floating_point():
+            raise ValueError(
+                "codebook must be floating-point of shape (num_codebooks, codebook_size, embedding_dim), got "
+                f"{codebook.dtype} of shape {tuple(codebook.shape)}."
+            )
         num_codebooks, codebook_size, embedding_dim = codebook.shape
         module = cls(
             packed_codes.shape[0],

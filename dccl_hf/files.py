@@ -99,8 +99,8 @@ def staged_directory(target: str | Path, *, replaceable: Collection[str] = ()) -
     if target in _active_stagings:
         yield target
         return
-    _check_replaceable(target, replaceable)
     recover_directory(target)
+    check_replaceable(target, replaceable)
     target.parent.mkdir(parents=True, exist_ok=True)
     token = f"{os.getpid()}-{secrets.token_hex(6)}"
     staging = _sibling(target, STAGING, token)
@@ -119,8 +119,9 @@ def _sibling(target: Path, state: str, token: str) -> Path:
     return target.with_name(f".{target.name}.{token}.{state}")
 
 
-def _check_replaceable(target: Path, replaceable: Collection[str]) -> None:
-    """Refuse, before anything is written, a target that cannot be replaced whole without losing something."""
+def check_replaceable(target: Path, replaceable: Collection[str]) -> None:
+    """Refuse, before anything is written, a target that cannot be replaced whole without losing something:
+    a file, the working directory, or a directory holding a subdirectory not named in `replaceable`."""
     if not target.exists():
         return
     if not target.is_dir():
@@ -150,7 +151,7 @@ def _carry_over(target: Path, staging: Path, replaceable: Collection[str]) -> No
             raise IsADirectoryError(f"{entry.path} appeared during the save; nothing was replaced.")
         try:
             os.link(entry.path, staging / entry.name, follow_symlinks=False)
-        except OSError:  # no hard links on this file system
+        except (OSError, NotImplementedError):  # no hard links here (or none to symbolic links)
             shutil.copy2(entry.path, staging / entry.name, follow_symlinks=False)
 
 
@@ -216,8 +217,8 @@ def recover_directory(target: str | Path) -> None:
     ``.NAME.<hex>.tmp`` directories, the staging of earlier dccl_hf versions). If `target` is missing, the
     newest complete version (``ready``, else ``old``) is renamed into its place; every other leftover is deleted.
     """
-    target = Path(target).resolve()
     try:
+        target = Path(target).resolve()
         leftovers = _crash_leftovers(target)
         if not leftovers:
             return
@@ -238,7 +239,7 @@ def recover_directory(target: str | Path) -> None:
                 path = trash
             shutil.rmtree(path)
             logger.info("Deleted %s, left by an interrupted save.", path)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a path no file system accepts
         logger.warning("Could not clean up after an interrupted save of %s: %s", target, error)
 
 

@@ -505,3 +505,28 @@ def test_hub_repo_without_weights_is_an_error(hub_server: HubServer, tmp_path: P
     )
     with pytest.raises(ArtifactError, match=r"dccl-tester/config-only/model\.safetensors: not found"):
         CompressedEmbedding.from_pretrained("dccl-tester/config-only", cache_dir=tmp_path / "cache")
+
+
+def test_from_packed_codes_checks_its_tensors() -> None:
+    module = make_module()
+    with pytest.raises(ValueError, match="packed_codes must be uint8"):
+        CompressedEmbedding.from_packed_codes(module.codes, module.codebook.detach())
+    with pytest.raises(ValueError, match="codebook must be floating-point"):
+        CompressedEmbedding.from_packed_codes(module.packed_codes, module.codebook.detach()[0])
+
+
+def test_cli_refuses_an_output_it_could_not_replace_before_reading_anything(tmp_path: Path) -> None:
+    from dccl_hf import cli
+    from dccl_hf.formats import save_reference
+
+    save_reference(make_module(), tmp_path / "model")
+    output = tmp_path / "out"
+    (output / "runs").mkdir(parents=True)
+    code = cli.main(["import", str(tmp_path / "model"), "-o", str(output)])
+    assert code != 0
+    assert [path.name for path in output.iterdir()] == ["runs"]
+    code = cli.main(["import", str(tmp_path / "model"), "-o", str(tmp_path / "fresh")])
+    assert code == 0
+    (tmp_path / "fresh" / "vocab.txt").write_text("stale\n")
+    assert cli.main(["import", str(tmp_path / "model"), "-o", str(tmp_path / "fresh"), "--overwrite"]) == 0
+    assert not (tmp_path / "fresh" / "vocab.txt").exists()
