@@ -110,9 +110,10 @@ def staged_directory(target: str | Path, *, replaceable: Collection[str] = ()) -
         yield staging
         _carry_over(target, staging, replaceable)
         _publish(staging, target, token)
-    finally:
+    finally:  # after a failed publish: the unpublished (or, past the swap, the replaced) version
         _active_stagings.discard(staging)
-        shutil.rmtree(staging, ignore_errors=True)
+        for leftover in (staging, _sibling(target, READY, token)):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _sibling(target: Path, state: str, token: str) -> Path:
@@ -175,8 +176,12 @@ def _publish(staging: Path, target: Path, token: str) -> None:
     else:
         old = _sibling(target, OLD, token)
         os.rename(target, old)
-        fsync_directory(target.parent)
-        os.rename(ready, target)
+        try:
+            fsync_directory(target.parent)
+            os.rename(ready, target)
+        except BaseException:
+            os.rename(old, target)  # the old version goes back
+            raise
         os.rename(old, trash)
     fsync_directory(target.parent)
     shutil.rmtree(trash, ignore_errors=True)

@@ -100,3 +100,32 @@ def test_recovery_falls_back_to_the_old_version(tmp_path: Path) -> None:
     recover_directory(tmp_path / "artifact")
     assert (tmp_path / "artifact" / "config.json").read_text() == "old"
     assert [path.name for path in tmp_path.iterdir()] == ["artifact"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "two-renames"])
+def test_a_failed_publish_keeps_the_old_version_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    target = make_version(tmp_path / "artifact", "old")
+    rename = os.rename
+
+    def fail(*args: object) -> bool:
+        raise OSError("disk gone")
+
+    def refuse_the_last_step(source: object, destination: object) -> None:
+        if Path(destination) == target and Path(source).name.endswith(".ready"):
+            fail()
+        rename(source, destination)
+
+    if exchange:
+        monkeypatch.setattr(files, "_rename_exchange", fail)
+    else:
+        monkeypatch.setattr(files, "_rename_exchange", lambda first, second: False)
+        monkeypatch.setattr(os, "rename", refuse_the_last_step)
+    with (
+        pytest.raises(OSError, match="disk gone"),
+        staged_directory(target, replaceable={"config.json"}) as staging,
+    ):
+        (staging / "config.json").write_text("new")
+    assert (target / "config.json").read_text() == "old"
+    assert [path.name for path in tmp_path.iterdir()] == ["artifact"]
