@@ -103,10 +103,11 @@ vectors = embedding(token_ids)  # like torch.nn.Embedding
 
 ## Files
 
-- `config.json`: shape, codebook dtype, dccl_hf and format versions, SHA-256 of `model.safetensors`.
+- `config.json`: shape, padding_idx, codebook dtype, dccl_hf and format versions, SHA-256 of `model.safetensors`.
 - `model.safetensors`: `packed_codes`, uint8 of shape ({{ num_embeddings }}, {{ row_bytes }}), the codes bit-packed
   at {{ bits_per_code }} bits each (little-endian within a row); `codebook`, {{ codebook_dtype }} of shape
-  ({{ num_codebooks }}, {{ codebook_size }}, {{ embedding_dim }}).
+  ({{ num_codebooks }}, {{ codebook_size }}, {{ embedding_dim }}); in its metadata (`dccl_hf_config`), a copy of
+  `config.json` less the checksum, so the checksum covers every field.
 """
 
 
