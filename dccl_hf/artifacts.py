@@ -65,7 +65,7 @@ SAFETENSORS_DTYPE_NAMES = {
     "F64": "float64",
 }
 SAFETENSORS_DTYPES = {name: code for code, name in SAFETENSORS_DTYPE_NAMES.items()}
-#: Our headers take a few hundred bytes; a larger one is corruption, refused before it is read.
+#: Our configs and weights headers take a few hundred bytes; a larger one is corruption, refused before it is read.
 MAX_HEADER_BYTES = 1 << 20
 
 EmbeddingT = TypeVar("EmbeddingT", bound="CompressedEmbedding")
@@ -237,6 +237,11 @@ def _open_artifact(
 
 def _read_config(file: BinaryIO, path: Path) -> dict[str, Any]:
     """Parse and check config.json on its own: keys present, integers positive, K a power of two, a checksum."""
+    size = os.fstat(file.fileno()).st_size
+    if size > MAX_HEADER_BYTES:
+        raise ArtifactError(
+            path, f"{size} bytes, far more than a config holds: not a dccl_hf artifact config."
+        )
     try:
         config = json.loads(file.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:

@@ -308,6 +308,12 @@ def test_config_that_is_not_json_is_an_error(saved: tuple[CompressedEmbedding, P
     (directory / CONFIG_NAME).write_text('{"format_version": 1,')
     with pytest.raises(ArtifactError, match=r"config\.json: not valid JSON"):
         CompressedEmbedding.from_pretrained(directory)
+    (directory / CONFIG_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError, match=r"config\.json: not valid JSON"):
+        CompressedEmbedding.from_pretrained(directory)
+    (directory / CONFIG_NAME).write_text(" " * (1 << 21) + "{}")
+    with pytest.raises(ArtifactError, match=r"config\.json: 2097154 bytes, far more than a config holds"):
+        CompressedEmbedding.from_pretrained(directory)
 
 
 def test_missing_extra_and_mistyped_tensors_are_errors(saved: tuple[CompressedEmbedding, Path]) -> None:
