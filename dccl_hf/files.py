@@ -122,11 +122,16 @@ def _sibling(target: Path, state: str, token: str) -> Path:
 
 def check_replaceable(target: Path, replaceable: Collection[str]) -> None:
     """Refuse, before anything is written, a target that cannot be replaced whole without losing something:
-    a file, the working directory, or a directory holding a subdirectory not named in `replaceable`."""
+    a file, a mount point, the working directory, or a directory holding a subdirectory not in `replaceable`."""
     if not target.exists():
         return
     if not target.is_dir():
         raise NotADirectoryError(f"cannot save an artifact to {target}: it exists and is not a directory.")
+    if os.path.ismount(target):
+        raise ValueError(
+            f"cannot save an artifact to {target}: it is a mount point, which cannot be renamed, and an artifact "
+            "directory is replaced whole; save into a subdirectory instead."
+        )
     cwd = Path.cwd().resolve()
     if cwd == target or target in cwd.parents:
         raise ValueError(

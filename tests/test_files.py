@@ -129,3 +129,13 @@ def test_a_failed_publish_keeps_the_old_version_and_leaves_nothing(
         (staging / "config.json").write_text("new")
     assert (target / "config.json").read_text() == "old"
     assert [path.name for path in tmp_path.iterdir()] == ["artifact"]
+
+
+def test_a_mount_point_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = make_version(tmp_path / "volume", "old")
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == target)
+    with pytest.raises(ValueError, match="mount point"), staged_directory(target):
+        pytest.fail("staged a directory that cannot replace its target")
+    assert [path.name for path in tmp_path.iterdir()] == ["volume"]
