@@ -1,11 +1,13 @@
 """Standalone artifacts of a `CompressedEmbedding`: ``config.json`` + ``model.safetensors`` + ``README.md``.
 
 ``model.safetensors`` holds exactly two tensors: ``packed_codes`` (uint8, V × ceil(M·log2 K / 8), the bit-packed
-codes of :mod:`dccl_hf.packing`) and ``codebook`` (M, K, D). ``config.json`` holds the shape, the codebook dtype,
-the dccl_hf and format versions and the SHA-256 of ``model.safetensors``, so that a config and weights from two
-different saves (or a corrupted file) are caught. Saving stages every file in a temporary directory next to the
-target and moves them into place only once all are complete; loading checks every tensor against the config and
-raises :class:`ArtifactError` naming the file and the problem.
+codes of :mod:`dccl_hf.packing`) and ``codebook`` (M, K, D), and in its metadata a copy of config.json.
+``config.json`` holds the shape, padding_idx, the codebook dtype, the dccl_hf and format versions and the SHA-256
+of ``model.safetensors``; so the checksum covers every byte of both files: a config and weights from two different
+saves, a corrupted file or an edited config field are caught. Saves are byte-deterministic and replace the
+directory whole (:func:`dccl_hf.files.staged_directory`). Loading checks the weights' header against the config
+before reading any tensor, reads the tensors straight into their storage, and raises :class:`ArtifactError`
+naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import re
+from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import torch
 from huggingface_hub import ModelCard, constants, hf_hub_download
 from huggingface_hub.errors import RemoteEntryNotFoundError
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from dccl_hf.checks import is_integer
-from dccl_hf.files import write_file_atomic
+from dccl_hf.files import open_together, recover_directory, write_file_atomic
 from dccl_hf.packing import bits_per_code, packed_row_bytes
 
 if TYPE_CHECKING:
@@ -45,6 +47,26 @@ CODEBOOK_DTYPES = {
     "float64": torch.float64,
 }
 SHAPE_KEYS = ("num_embeddings", "embedding_dim", "num_codebooks", "codebook_size")
+#: Entries of an artifact directory that a save replaces (vocab.txt: the word list the CLI writes with it).
+ARTIFACT_ENTRIES = frozenset({CONFIG_NAME, WEIGHTS_NAME, "README.md", "vocab.txt"})
+#: Metadata key of model.safetensors holding config.json (less its checksum), so the checksum covers the config.
+CONFIG_RECORD_KEY = "dccl_hf_config"
+SHA256_PATTERN = re.compile("[0-9a-f]{64}")
+SAFETENSORS_DTYPE_NAMES = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "I16": "int16",
+    "I32": "int32",
+    "I64": "int64",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+}
+SAFETENSORS_DTYPES = {name: code for code, name in SAFETENSORS_DTYPE_NAMES.items()}
+#: Our configs and weights headers take a few hundred bytes; a larger one is corruption, refused before it is read.
+MAX_HEADER_BYTES = 1 << 20
 
 EmbeddingT = TypeVar("EmbeddingT", bound="CompressedEmbedding")
 
@@ -81,10 +103,11 @@ vectors = embedding(token_ids)  # like torch.nn.Embedding
 
 ## Files
 
-- `config.json`: shape, codebook dtype, dccl_hf and format versions, SHA-256 of `model.safetensors`.
+- `config.json`: shape, padding_idx, codebook dtype, dccl_hf and format versions, SHA-256 of `model.safetensors`.
 - `model.safetensors`: `packed_codes`, uint8 of shape ({{ num_embeddings }}, {{ row_bytes }}), the codes bit-packed
   at {{ bits_per_code }} bits each (little-endian within a row); `codebook`, {{ codebook_dtype }} of shape
-  ({{ num_codebooks }}, {{ codebook_size }}, {{ embedding_dim }}).
+  ({{ num_codebooks }}, {{ codebook_size }}, {{ embedding_dim }}); in its metadata (`dccl_hf_config`), a copy of
+  `config.json` less the checksum, so the checksum covers every field.
 """
 
 
@@ -122,14 +145,10 @@ def model_card_facts(module: CompressedEmbedding) -> dict[str, Any]:
 
 
 def save_artifact(module: CompressedEmbedding, directory: Path) -> None:
-    """Write ``model.safetensors`` and ``config.json`` of `module` into `directory` (the mixin adds README.md)."""
-    tensors = {
-        "packed_codes": module.packed_codes.detach().cpu().contiguous(),
-        "codebook": module.codebook.detach().cpu().contiguous(),
-    }
-    weights = save_safetensors(
-        tensors, metadata={"format": "pt", "dccl_hf_format_version": str(FORMAT_VERSION)}
-    )
+    """Write ``model.safetensors`` and ``config.json`` of `module` into `directory` (the mixin adds README.md).
+
+    Both are byte-deterministic: the same module always gives the same files and the same SHA-256.
+    """
     from dccl_hf import __version__  # here, not at the top: dccl_hf/__init__.py may import this module
 
     config = {
@@ -140,46 +159,101 @@ def save_artifact(module: CompressedEmbedding, directory: Path) -> None:
         "padding_idx": module.padding_idx,
         "codebook_dtype": dtype_name(module.codebook.dtype),
         "bits_per_row": module.bits_per_row,
-        "model_sha256": hashlib.sha256(weights).hexdigest(),
     }
+    metadata = {
+        "format": "pt",
+        "dccl_hf_format_version": str(FORMAT_VERSION),
+        CONFIG_RECORD_KEY: _canonical_json(config),
+    }
+    weights = safetensors_bytes(
+        {"packed_codes": module.packed_codes, "codebook": module.codebook.detach()}, metadata
+    )
+    config["model_sha256"] = hashlib.sha256(weights).hexdigest()
     write_file_atomic(directory / WEIGHTS_NAME, weights)
     write_file_atomic(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
 
 
-def _artifact_file(model_id: str, filename: str, hub_kwargs: dict[str, Any]) -> Path:
-    """Local path of `filename` in a directory `model_id`, or downloaded from the Hub repo `model_id`."""
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of `tensors` whose bytes depend on nothing else: header keys sorted, no whitespace,
+    padded with spaces to 8 bytes; tensors laid out widest dtype first, then by name (as safetensors does)."""
+    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    header: dict[str, Any] = {"__metadata__": metadata}
+    chunks = []
+    offset = 0
+    for name in order:
+        tensor = tensors[name].detach().cpu().contiguous()
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype_name(tensor.dtype)],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    encoded = _canonical_json(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return b"".join([len(encoded).to_bytes(8, "little"), encoded, *chunks])
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _open_artifact(
+    model_id: str, hub_kwargs: dict[str, Any], stack: ExitStack
+) -> dict[str, tuple[Path, BinaryIO]]:
+    """config.json and model.safetensors of a directory `model_id` (both from one version of it, see
+    `dccl_hf.files.open_together`) or of the Hub repo `model_id`, opened for reading."""
+    recover_directory(model_id)
+    names = (CONFIG_NAME, WEIGHTS_NAME)
     if os.path.isdir(model_id):
-        path = Path(model_id) / filename
-        if not path.is_file():
-            raise ArtifactError(
-                path,
-                "missing; a dccl_hf artifact is the directory written by CompressedEmbedding.save_pretrained.",
-            )
-        return path
+        files = open_together(Path(model_id), names)
+        for file in files.values():
+            if file is not None:
+                stack.enter_context(file)
+        for name, file in files.items():
+            if file is None:
+                raise ArtifactError(
+                    Path(model_id) / name,
+                    "missing; a dccl_hf artifact is the directory written by CompressedEmbedding.save_pretrained.",
+                )
+        return {name: (Path(model_id) / name, file) for name, file in files.items()}
     if os.path.exists(model_id) or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
         raise ArtifactError(
             model_id, "no such directory, and not a Hub repo id of the form 'namespace/name'."
         )
-    try:
-        return Path(hf_hub_download(repo_id=model_id, filename=filename, **hub_kwargs))
-    except RemoteEntryNotFoundError as error:
+    opened = {}
+    for name in names:
+        try:
+            path = Path(hf_hub_download(repo_id=model_id, filename=name, **hub_kwargs))
+        except RemoteEntryNotFoundError as error:
+            raise ArtifactError(
+                f"{model_id}/{name}",
+                "not found in the Hub repository; push the artifact with CompressedEmbedding.push_to_hub.",
+            ) from error
+        opened[name] = (path, stack.enter_context(open(path, "rb")))  # noqa: SIM115 (the stack closes it)
+    return opened
+
+
+def _read_config(file: BinaryIO, path: Path) -> dict[str, Any]:
+    """Parse and check config.json on its own: keys present, integers positive, K a power of two, a checksum."""
+    size = os.fstat(file.fileno()).st_size
+    if size > MAX_HEADER_BYTES:
         raise ArtifactError(
-            f"{model_id}/{filename}",
-            "not found in the Hub repository; push the artifact with CompressedEmbedding.push_to_hub.",
-        ) from error
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    """Parse and check config.json on its own: keys present, integers positive, K a power of two."""
+            path, f"{size} bytes, far more than a config holds: not a dccl_hf artifact config."
+        )
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        config = json.loads(file.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ArtifactError(path, f"not valid JSON ({error}).") from error
     if not isinstance(config, dict):
         raise ArtifactError(path, f"expected a JSON object, got {type(config).__name__}.")
     version = config.get("format_version")
-    if not is_integer(version):
-        raise ArtifactError(path, "no integer 'format_version': this is not a dccl_hf artifact config.")
+    if not is_integer(version) or version < 1:
+        raise ArtifactError(
+            path,
+            f"no positive integer 'format_version' ({version!r}): this is not a dccl_hf artifact config.",
+        )
     if version > FORMAT_VERSION:
         raise ArtifactError(
             path,
@@ -200,60 +274,170 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ArtifactError(
             path, f"'padding_idx' must be null or in [0, {config['num_embeddings']}), got {padding_idx!r}."
         )
-    if config.get("codebook_dtype") not in CODEBOOK_DTYPES:
+    if not isinstance(config.get("codebook_dtype"), str) or config["codebook_dtype"] not in CODEBOOK_DTYPES:
         raise ArtifactError(
             path,
             f"'codebook_dtype' must be one of {sorted(CODEBOOK_DTYPES)}, got {config.get('codebook_dtype')!r}.",
         )
+    checksum = config.get("model_sha256")
+    if not isinstance(checksum, str) or SHA256_PATTERN.fullmatch(checksum) is None:
+        raise ArtifactError(
+            path,
+            f"'model_sha256' must be the 64 lowercase hex digits of the SHA-256 of {WEIGHTS_NAME}, got "
+            f"{checksum!r}: the config is corrupted. Save the artifact again.",
+        )
     return config
 
 
-def _read_tensors(path: Path, config: dict[str, Any], config_path: Path) -> dict[str, torch.Tensor]:
-    """Load model.safetensors and check names, dtypes, shapes, checksum and code range against the config."""
-    data = path.read_bytes()
+def _read_header(file: BinaryIO, path: Path, size: int, digest: Any) -> tuple[dict[str, Any], int]:
+    """The safetensors header of `file` (checked to be a JSON object of string metadata) and where data starts."""
+
+    def corrupted(problem: str) -> ArtifactError:
+        return ArtifactError(
+            path, f"truncated or corrupted safetensors file ({size} bytes): {problem}. Save it again."
+        )
+
+    prefix = file.read(8)
+    if len(prefix) < 8:
+        raise corrupted("shorter than its 8-byte header length")
+    header_size = int.from_bytes(prefix, "little")
+    if header_size > min(size - 8, MAX_HEADER_BYTES):
+        raise corrupted(f"a header of {header_size} bytes does not fit")
+    encoded = file.read(header_size)
+    digest.update(prefix)
+    digest.update(encoded)
     try:
-        tensors = load_safetensors(data)
-    except SafetensorError as error:
-        raise ArtifactError(
-            path, f"truncated or corrupted safetensors file ({len(data)} bytes): {error}. Save it again."
-        ) from error
+        header = json.loads(encoded.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise corrupted(f"the header is not JSON ({error})") from error
+    if not isinstance(header, dict):
+        raise corrupted("the header is not a JSON object")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+        raise corrupted("the header's __metadata__ is not a map of strings")
+    return header, 8 + header_size
+
+
+def _tensor_layout(
+    header: dict[str, Any], path: Path, config: dict[str, Any], config_path: Path, data_bytes: int
+) -> list[tuple[str, torch.dtype, tuple[int, ...], int, int]]:
+    """Check the header's tensors against the config before any is read: names, shapes, dtypes, and offsets
+    that tile the rest of the file. Returns (name, dtype, shape, start, end) in file order."""
+    names = set(header) - {"__metadata__"}
     expected_names = {"packed_codes", "codebook"}
-    if set(tensors) != expected_names:
-        missing = sorted(expected_names - set(tensors))
-        extra = sorted(set(tensors) - expected_names)
+    if names != expected_names:
         raise ArtifactError(
             path,
-            f"expected exactly the tensors packed_codes and codebook; missing {missing}, unexpected {extra}.",
+            f"expected exactly the tensors packed_codes and codebook; missing {sorted(expected_names - names)}, "
+            f"unexpected {sorted(names - expected_names)}.",
         )
     num_embeddings, embedding_dim, num_codebooks, codebook_size = (config[key] for key in SHAPE_KEYS)
     expected = {
-        "packed_codes": (torch.uint8, (num_embeddings, packed_row_bytes(num_codebooks, codebook_size))),
-        "codebook": (
-            CODEBOOK_DTYPES[config["codebook_dtype"]],
-            (num_codebooks, codebook_size, embedding_dim),
-        ),
+        "packed_codes": ("uint8", (num_embeddings, packed_row_bytes(num_codebooks, codebook_size))),
+        "codebook": (config["codebook_dtype"], (num_codebooks, codebook_size, embedding_dim)),
     }
     described = ", ".join(f"{key}={config[key]}" for key in SHAPE_KEYS)
+    layout = []
     for name, (dtype, shape) in expected.items():
-        tensor = tensors[name]
-        if tuple(tensor.shape) != shape:
+        entry = header[name]
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(map(is_integer, offsets))
+            and isinstance(entry.get("dtype"), str)
+        ):
+            raise ArtifactError(
+                path, f"truncated or corrupted safetensors file: the header entry of '{name}' is malformed."
+            )
+        stored_shape = entry.get("shape")
+        if stored_shape != list(shape):
+            shown = tuple(stored_shape) if isinstance(stored_shape, list) else stored_shape
             raise ArtifactError(
                 path,
-                f"tensor '{name}' has shape {tuple(tensor.shape)} but {config_path.name} ({described}) "
-                f"implies {shape}; the config and the weights disagree.",
+                f"tensor '{name}' has shape {shown} but {config_path.name} ({described}) implies {shape}; the "
+                "config and the weights disagree.",
             )
-        if tensor.dtype != dtype:
+        stored = SAFETENSORS_DTYPE_NAMES.get(entry["dtype"], entry["dtype"])
+        if stored != dtype:
+            raise ArtifactError(path, f"tensor '{name}' has dtype {stored}, expected {dtype}.")
+        layout.append((name, CODEBOOK_DTYPES.get(dtype, torch.uint8), shape, *offsets))
+    layout.sort(key=lambda item: item[3])
+    position = 0
+    for name, dtype, shape, start, end in layout:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if start != position or end != start + nbytes:
             raise ArtifactError(
-                path, f"tensor '{name}' has dtype {dtype_name(tensor.dtype)}, expected {dtype_name(dtype)}."
+                path,
+                f"truncated or corrupted safetensors file: tensor '{name}' should take {nbytes} bytes from offset "
+                f"{position}, its header says [{start}, {end}]. Save it again.",
             )
-    checksum = config.get("model_sha256")
-    if checksum is not None and hashlib.sha256(data).hexdigest() != checksum:
+        position = end
+    if position != data_bytes:
+        raise ArtifactError(
+            path,
+            f"truncated or corrupted safetensors file: its tensors take {position} bytes but {data_bytes} follow "
+            "the header. Save it again.",
+        )
+    return layout
+
+
+def _read_tensors(
+    file: BinaryIO, path: Path, config: dict[str, Any], config_path: Path
+) -> dict[str, torch.Tensor]:
+    """Read model.safetensors into tensors of exactly its size (its header checked against the config first),
+    then check checksum, config record, code range and finiteness."""
+    size = os.fstat(file.fileno()).st_size
+    digest = hashlib.sha256()
+    header, data_start = _read_header(file, path, size, digest)
+    tensors = {}
+    for name, dtype, shape, start, end in _tensor_layout(
+        header, path, config, config_path, size - data_start
+    ):
+        buffer = torch.empty(end - start, dtype=torch.uint8)
+        if file.readinto(memoryview(buffer.numpy())) != end - start:
+            raise ArtifactError(
+                path, "truncated while reading: the file changed during the load. Load it again."
+            )
+        digest.update(memoryview(buffer.numpy()))
+        tensors[name] = buffer.view(dtype).reshape(shape)
+    if digest.hexdigest() != config["model_sha256"]:
         raise ArtifactError(
             path,
             f"SHA-256 differs from the one recorded in {config_path.name}: the file is corrupted or comes from "
             "another save. Save the artifact again.",
         )
-    used_bits = num_codebooks * bits_per_code(codebook_size)
+    _check_config_record(header.get("__metadata__", {}), config, config_path)
+    _check_values(tensors, config, path)
+    return tensors
+
+
+def _check_config_record(metadata: dict[str, str], config: dict[str, Any], config_path: Path) -> None:
+    """config.json (less its checksum) must equal the copy the checksummed weights carry, so that no field of it
+    (padding_idx included) changes unnoticed. Artifacts saved before the copy existed have only the checksum."""
+    record = metadata.get(CONFIG_RECORD_KEY)
+    if record is None:
+        return
+    recorded = json.loads(record)
+    current = {key: value for key, value in config.items() if key != "model_sha256"}
+    changed = sorted(
+        key
+        for key in recorded.keys() | current.keys()
+        if key not in recorded
+        or key not in current
+        or _canonical_json(recorded[key]) != _canonical_json(current[key])
+    )
+    if changed:
+        raise ArtifactError(
+            config_path,
+            f"field(s) {', '.join(map(repr, changed))} differ from the copy of the config in the checksummed "
+            f"{WEIGHTS_NAME}: the config was edited or corrupted. Save the artifact again.",
+        )
+
+
+def _check_values(tensors: dict[str, torch.Tensor], config: dict[str, Any], path: Path) -> None:
+    """No bits set past the last code of a row (codes beyond K), no NaN or infinity in the codebook."""
+    used_bits = config["num_codebooks"] * bits_per_code(config["codebook_size"])
     if used_bits % 8:
         spare = tensors["packed_codes"][:, -1] >> (used_bits % 8)
         bad_rows = spare.nonzero()
@@ -261,9 +445,16 @@ def _read_tensors(path: Path, config: dict[str, Any], config_path: Path) -> dict
             raise ArtifactError(
                 path,
                 f"row {int(bad_rows[0])} of packed_codes sets bits past its last code: the codes do not fit "
-                f"codebook_size={codebook_size} (packed with a larger K?) or the file is corrupted.",
+                f"codebook_size={config['codebook_size']} (packed with a larger K?) or the file is corrupted.",
             )
-    return tensors
+    non_finite = (~torch.isfinite(tensors["codebook"])).nonzero()
+    if non_finite.numel():
+        codebook, codeword, _ = non_finite[0].tolist()
+        raise ArtifactError(
+            path,
+            f"tensor 'codebook' holds NaN or infinity (codebook {codebook}, codeword {codeword}); a codebook must "
+            "be finite: train or fine-tune it again.",
+        )
 
 
 def load_artifact(
@@ -281,6 +472,7 @@ def load_artifact(
 ) -> EmbeddingT:
     """Load an artifact from a directory or a Hub repo id, strictly: any inconsistency is an `ArtifactError`.
 
+    Peak memory is about the size of the weights file: tensors are read straight into their final storage.
     `device` and `dtype` place and cast the loaded module. `config_values` are the config entries
     ``ModelHubMixin.from_pretrained`` forwards; each must agree with config.json.
     """
@@ -291,23 +483,23 @@ def load_artifact(
         "local_files_only": local_files_only,
         "token": token,
     }
-    config_path = _artifact_file(model_id, CONFIG_NAME, hub_kwargs)
-    config = _read_config(config_path)
-    for key, value in config_values.items():
-        if key not in config:
-            raise TypeError(f"{cls.__name__}.from_pretrained() got an unexpected keyword argument '{key}'.")
-        if config[key] != value:
-            raise ValueError(f"{key}={value!r} was passed but {config_path} has {key}={config[key]!r}.")
-    weights_path = _artifact_file(model_id, WEIGHTS_NAME, hub_kwargs)
-    tensors = _read_tensors(weights_path, config, config_path)
-    codebook_dtype = dtype if dtype is not None else tensors["codebook"].dtype
-    module = cls(
-        *(config[key] for key in SHAPE_KEYS),
+    with ExitStack() as stack:
+        files = _open_artifact(model_id, hub_kwargs, stack)
+        config_path, config_file = files[CONFIG_NAME]
+        config = _read_config(config_file, config_path)
+        for key, value in config_values.items():
+            if key not in config:
+                raise TypeError(
+                    f"{cls.__name__}.from_pretrained() got an unexpected keyword argument '{key}'."
+                )
+            if config[key] != value:
+                raise ValueError(f"{key}={value!r} was passed but {config_path} has {key}={config[key]!r}.")
+        tensors = _read_tensors(*reversed(files[WEIGHTS_NAME]), config, config_path)
+    module = cls.from_packed_codes(
+        tensors["packed_codes"].to(device),
+        tensors["codebook"].to(device=device, dtype=dtype),
         padding_idx=config.get("padding_idx"),
-        dtype=codebook_dtype,
-        device=device,
     )
-    module.load_state_dict(tensors, strict=True)
     logger.info("Loaded %s from %s", module.extra_repr(), model_id)
     return module
 

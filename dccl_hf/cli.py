@@ -17,16 +17,16 @@ from typing import Any
 import huggingface_hub
 
 from dccl_hf import learning
+from dccl_hf.artifacts import ARTIFACT_ENTRIES
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import token_counts, word_counts
 from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS
-from dccl_hf.files import staged_directory, write_file_atomic
+from dccl_hf.files import check_replaceable, staged_directory, write_file_atomic
 from dccl_hf.formats import load_reference, reference_paths, save_reference
 from dccl_hf.metrics import reconstruction_report
 from dccl_hf.readers import (
     FORMATS,
     NAMED_SOURCES,
-    VOCAB_FILE,
     EmbeddingSource,
     check_words,
     load_vocab,
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = ".checkpoint"
 RUN_FILE = "run.json"
 ARTIFACT_CONFIG = "config.json"
+#: What a save into -o replaces: the artifact's files and the finished run's checkpoint.
+ARTIFACT_REPLACEABLE = ARTIFACT_ENTRIES | {CHECKPOINT_DIR}
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -485,7 +487,6 @@ def _compress_into(
         raise
     elapsed = time.perf_counter() - start
     _save_artifact(module, output, words)
-    shutil.rmtree(checkpoint_dir)
     print(
         f"Learned in {elapsed:.1f} s; saved to {output}" + (" (with vocab.txt)" if words is not None else "")
     )
@@ -539,17 +540,16 @@ def _refuse_overwrite(output: Path, overwrite: bool) -> None:
         raise ValueError(
             f"{output} already holds an artifact; pass --overwrite to replace it or choose another -o."
         )
+    check_replaceable(output.resolve(), ARTIFACT_REPLACEABLE)
 
 
 def _save_artifact(module: CompressedEmbedding, output: Path, words: list[str] | None) -> None:
-    """The artifact and its words (vocab.txt) published in one staged save, so an interrupted save never pairs
-    new weights with an earlier run's words; a stale vocab.txt goes first when the input has no words."""
-    with staged_directory(output) as staging:
+    """The artifact and its words (vocab.txt) published in one staged save that replaces `output` whole, the
+    finished run's checkpoint and an earlier artifact's vocab.txt included: new weights never meet old words."""
+    with staged_directory(output, replaceable=ARTIFACT_REPLACEABLE) as staging:
         module.save_pretrained(staging)
         if words is not None:
             save_vocab(staging, words)
-        else:
-            (output / VOCAB_FILE).unlink(missing_ok=True)
 
 
 def _load_artifact(directory: str) -> CompressedEmbedding:

@@ -100,6 +100,35 @@ class CompressedEmbedding(
         module.set_codes(codes)
         return module
 
+    @classmethod
+    def from_packed_codes(
+        cls, packed_codes: torch.Tensor, codebook: torch.Tensor, padding_idx: int | None = None
+    ) -> CompressedEmbedding:
+        """Build the module around packed codes (uint8, V × ceil(M·log2 K / 8)) and a codebook (M, K, D), both
+        taken as they are (not copied): the loading path, which must not pay for initial values it overwrites."""
+        if packed_codes.dtype != torch.uint8 or packed_codes.ndim != 2:
+            raise ValueError(
+                f"packed_codes must be uint8 of shape (num_embeddings, row bytes), got {packed_codes.dtype} "
+                f"of shape {tuple(packed_codes.shape)}."
+            )
+        if codebook.ndim != 3 or not codebook.is_floating_point():
+            raise ValueError(
+                "codebook must be floating-point of shape (num_codebooks, codebook_size, embedding_dim), got "
+                f"{codebook.dtype} of shape {tuple(codebook.shape)}."
+            )
+        num_codebooks, codebook_size, embedding_dim = codebook.shape
+        module = cls(
+            packed_codes.shape[0],
+            embedding_dim,
+            num_codebooks,
+            codebook_size,
+            padding_idx=padding_idx,
+            dtype=codebook.dtype,
+            device="meta",
+        )
+        module.load_state_dict({"packed_codes": packed_codes, "codebook": codebook}, strict=True, assign=True)
+        return module
+
     def reset_parameters(self) -> None:
         """Random codes and a codebook whose sums have unit variance, like `nn.Embedding`'s N(0, 1) init."""
         with torch.no_grad():
@@ -213,17 +242,20 @@ class CompressedEmbedding(
         model_card_kwargs: dict[str, Any] | None = None,
         **push_to_hub_kwargs: Any,
     ) -> str | None:
-        """Save config.json, model.safetensors and README.md; all are staged and moved into place together.
+        """Save config.json, model.safetensors and README.md, byte-deterministically; the directory is replaced
+        whole (`dccl_hf.files.staged_directory`), so it holds the complete old or new artifact at every moment.
 
+        Other files already in the directory are kept; a `vocab.txt` goes with the artifact it belonged to.
         config.json is derived from the module, so `config` must be None (it exists for the mixin's signature).
         """
+        from dccl_hf.artifacts import ARTIFACT_ENTRIES
         from dccl_hf.files import staged_directory
 
         if config is not None:
             raise ValueError(
                 "CompressedEmbedding writes its own config.json from the module; do not pass `config`."
             )
-        with staged_directory(save_directory) as staging:
+        with staged_directory(save_directory, replaceable=ARTIFACT_ENTRIES) as staging:
             super().save_pretrained(staging, model_card_kwargs=model_card_kwargs)
         if push_to_hub:
             return self.push_to_hub(

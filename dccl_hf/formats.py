@@ -97,7 +97,16 @@ def _read_codebook(path: Path) -> np.ndarray:
         )
     if not np.issubdtype(codebook.dtype, np.floating):
         raise ReferenceFormatError(path, f"expected a floating-point array, got dtype {codebook.dtype}.")
-    return codebook.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # values beyond float32 become infinite, refused below
+        codebook = codebook.astype(np.float32, copy=False)
+    non_finite = np.flatnonzero(~np.isfinite(codebook).all(axis=1))
+    if non_finite.size:
+        raise ReferenceFormatError(
+            path,
+            f"row {int(non_finite[0])} holds NaN or infinity (after conversion to float32); a codebook must be "
+            "finite: export it again from the trained model.",
+        )
+    return codebook
 
 
 def _read_codes(path: Path) -> tuple[list[str] | None, list[str]]:

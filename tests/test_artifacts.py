@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,13 +152,115 @@ def test_flipped_byte_in_weights_fails_the_checksum(saved: tuple[CompressedEmbed
         CompressedEmbedding.from_pretrained(directory)
 
 
-def test_config_without_padding_idx_loads_without_padding(saved: tuple[CompressedEmbedding, Path]) -> None:
-    _, directory = saved
+def test_config_without_padding_idx_loads_without_padding_in_artifacts_without_a_config_copy(
+    saved: tuple[CompressedEmbedding, Path],
+) -> None:
+    module, directory = saved
+    rewrite_weights(directory, {"packed_codes": module.packed_codes, "codebook": module.codebook.detach()})
     path = directory / CONFIG_NAME
     config = json.loads(path.read_text())
     del config["padding_idx"]
     path.write_text(json.dumps(config))
     assert CompressedEmbedding.from_pretrained(directory).padding_idx is None
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"padding_idx": 3},
+        {"padding_idx": None},
+        {"dccl_hf_version": "0.0.1"},
+        {"bits_per_row": 21},
+        {"library_name": "other"},
+        {"extra": 1},
+    ],
+)
+def test_any_edited_config_field_is_detected(
+    saved: tuple[CompressedEmbedding, Path], changes: dict[str, object]
+) -> None:
+    _, directory = saved
+    edit_config(directory, **changes)
+    with pytest.raises(ArtifactError, match=rf"config\.json: field\(s\) '{next(iter(changes))}' differ"):
+        CompressedEmbedding.from_pretrained(directory)
+
+
+def test_a_removed_config_field_is_detected(saved: tuple[CompressedEmbedding, Path]) -> None:
+    _, directory = saved
+    path = directory / CONFIG_NAME
+    config = json.loads(path.read_text())
+    del config["padding_idx"]
+    path.write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match=r"field\(s\) 'padding_idx' differ"):
+        CompressedEmbedding.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("checksum", [None, "", "0" * 63, "A" * 64, 12, "g" * 64])
+def test_missing_or_malformed_checksum_is_an_error(
+    saved: tuple[CompressedEmbedding, Path], checksum: object
+) -> None:
+    _, directory = saved
+    path = directory / CONFIG_NAME
+    config = json.loads(path.read_text())
+    if checksum is None:
+        del config["model_sha256"]
+    else:
+        config["model_sha256"] = checksum
+    path.write_text(json.dumps(config))
+    with pytest.raises(
+        ArtifactError, match=r"config\.json: 'model_sha256' must be the 64 lowercase hex digits"
+    ):
+        CompressedEmbedding.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_codebook_is_refused(saved: tuple[CompressedEmbedding, Path], value: float) -> None:
+    _, directory = saved
+    broken = make_module(padding_idx=2)
+    with torch.no_grad():
+        broken.codebook[1, 7, 4] = value
+    broken.save_pretrained(directory)
+    with pytest.raises(
+        ArtifactError,
+        match=r"model\.safetensors: tensor 'codebook' holds NaN or infinity \(codebook 1, codeword 7\)",
+    ):
+        CompressedEmbedding.from_pretrained(directory)
+
+
+def test_saves_are_byte_deterministic(tmp_path: Path) -> None:
+    for name in ("first", "second"):
+        make_module(padding_idx=2).save_pretrained(tmp_path / name)
+    for filename in (CONFIG_NAME, WEIGHTS_NAME, "README.md"):
+        assert (tmp_path / "first" / filename).read_bytes() == (tmp_path / "second" / filename).read_bytes()
+    with safe_open(tmp_path / "first" / WEIGHTS_NAME, framework="pt") as file:  # still a standard file
+        assert file.metadata()["format"] == "pt"
+        assert json.loads(file.metadata()["dccl_hf_config"])["padding_idx"] == 2
+
+
+def test_loading_draws_no_random_codes(
+    saved: tuple[CompressedEmbedding, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, directory = saved
+
+    def refuse(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("loading drew random codes only to overwrite them")
+
+    monkeypatch.setattr(torch, "randint", refuse)
+    assert_identical(CompressedEmbedding.from_pretrained(directory), module)
+
+
+def test_weights_header_is_checked_before_tensors_are_read(saved: tuple[CompressedEmbedding, Path]) -> None:
+    _, directory = saved
+    weights = directory / WEIGHTS_NAME
+    data = weights.read_bytes()
+    weights.write_bytes((10**15).to_bytes(8, "little") + data[8:])
+    with pytest.raises(
+        ArtifactError, match=r"truncated or corrupted safetensors file .*header of 1000000000000000 bytes"
+    ):
+        CompressedEmbedding.from_pretrained(directory)
+    edit_config(directory, num_embeddings=10**12)  # would need a terabyte of codes
+    weights.write_bytes(data)
+    with pytest.raises(ArtifactError, match=r"implies \(1000000000000, 3\)"):
+        CompressedEmbedding.from_pretrained(directory)
 
 
 @pytest.mark.parametrize("wrong_k", [32, 8])
@@ -187,6 +290,8 @@ def test_config_with_invalid_codebook_size_is_an_error(saved: tuple[CompressedEm
         ({"padding_idx": 40}, r"'padding_idx' must be null or in \[0, 40\)"),
         ({"format_version": 99}, "newer than this dccl_hf supports"),
         ({"format_version": None}, "not a dccl_hf artifact config"),
+        ({"format_version": 0}, r"no positive integer 'format_version' \(0\)"),
+        ({"format_version": -1}, r"no positive integer 'format_version' \(-1\)"),
     ],
 )
 def test_config_disagreeing_or_invalid_is_an_error(
@@ -202,6 +307,12 @@ def test_config_that_is_not_json_is_an_error(saved: tuple[CompressedEmbedding, P
     _, directory = saved
     (directory / CONFIG_NAME).write_text('{"format_version": 1,')
     with pytest.raises(ArtifactError, match=r"config\.json: not valid JSON"):
+        CompressedEmbedding.from_pretrained(directory)
+    (directory / CONFIG_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError, match=r"config\.json: not valid JSON"):
+        CompressedEmbedding.from_pretrained(directory)
+    (directory / CONFIG_NAME).write_text(" " * (1 << 21) + "{}")
+    with pytest.raises(ArtifactError, match=r"config\.json: 2097154 bytes, far more than a config holds"):
         CompressedEmbedding.from_pretrained(directory)
 
 
@@ -278,12 +389,58 @@ def test_saving_over_an_artifact_replaces_it_and_keeps_other_files(
     _, directory = saved
     (directory / "notes.txt").write_text("mine")
     (directory / "README.md").write_text("an old card")
+    (directory / "vocab.txt").write_text("words of the old artifact\n")
     other = make_module(num_embeddings=12, codebook_size=4, seed=3)
     other.save_pretrained(directory)
     assert (directory / "notes.txt").read_text() == "mine"
     assert "12 × 6" in (directory / "README.md").read_text()
+    assert not (directory / "vocab.txt").exists()  # it belonged to the replaced artifact
     assert_identical(CompressedEmbedding.from_pretrained(directory), other)
     assert sorted(path.name for path in directory.parent.iterdir()) == ["artifact"]
+
+
+def test_saving_over_a_directory_with_a_subdirectory_is_refused(
+    saved: tuple[CompressedEmbedding, Path],
+) -> None:
+    module, directory = saved
+    (directory / "runs").mkdir()
+    with pytest.raises(IsADirectoryError, match="holds the directory 'runs'"):
+        make_module(seed=1).save_pretrained(directory)
+    assert_identical(CompressedEmbedding.from_pretrained(directory), module)
+
+
+def test_saving_into_the_working_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="working directory"):
+        make_module().save_pretrained(".")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_loads_see_the_old_or_the_new_artifact(tmp_path: Path) -> None:
+    directory = tmp_path / "artifact"
+    modules = [make_module(num_embeddings=400, seed=seed) for seed in range(2)]
+    modules[0].save_pretrained(directory)
+    errors: list[BaseException] = []
+
+    def save_repeatedly() -> None:
+        try:
+            for round_ in range(30):
+                modules[round_ % 2].save_pretrained(directory)
+        except BaseException as error:
+            errors.append(error)
+
+    saver = threading.Thread(target=save_repeatedly)
+    saver.start()
+    loads = 0
+    while saver.is_alive() or loads == 0:
+        loaded = CompressedEmbedding.from_pretrained(directory)
+        assert any(torch.equal(loaded.codebook, module.codebook) for module in modules)
+        loads += 1
+    saver.join()
+    assert errors == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["artifact"]
 
 
 def test_save_pretrained_rejects_a_config_argument(tmp_path: Path) -> None:
@@ -354,3 +511,28 @@ def test_hub_repo_without_weights_is_an_error(hub_server: HubServer, tmp_path: P
     )
     with pytest.raises(ArtifactError, match=r"dccl-tester/config-only/model\.safetensors: not found"):
         CompressedEmbedding.from_pretrained("dccl-tester/config-only", cache_dir=tmp_path / "cache")
+
+
+def test_from_packed_codes_checks_its_tensors() -> None:
+    module = make_module()
+    with pytest.raises(ValueError, match="packed_codes must be uint8"):
+        CompressedEmbedding.from_packed_codes(module.codes, module.codebook.detach())
+    with pytest.raises(ValueError, match="codebook must be floating-point"):
+        CompressedEmbedding.from_packed_codes(module.packed_codes, module.codebook.detach()[0])
+
+
+def test_cli_refuses_an_output_it_could_not_replace_before_reading_anything(tmp_path: Path) -> None:
+    from dccl_hf import cli
+    from dccl_hf.formats import save_reference
+
+    save_reference(make_module(), tmp_path / "model")
+    output = tmp_path / "out"
+    (output / "runs").mkdir(parents=True)
+    code = cli.main(["import", str(tmp_path / "model"), "-o", str(output)])
+    assert code != 0
+    assert [path.name for path in output.iterdir()] == ["runs"]
+    code = cli.main(["import", str(tmp_path / "model"), "-o", str(tmp_path / "fresh")])
+    assert code == 0
+    (tmp_path / "fresh" / "vocab.txt").write_text("stale\n")
+    assert cli.main(["import", str(tmp_path / "model"), "-o", str(tmp_path / "fresh"), "--overwrite"]) == 0
+    assert not (tmp_path / "fresh" / "vocab.txt").exists()

@@ -158,6 +158,15 @@ def test_unreadable_or_missing_codebook_is_an_error(tmp_path: Path) -> None:
         load_reference(tmp_path / "m")
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1e300])
+def test_non_finite_codebook_is_an_error(tmp_path: Path, value: float) -> None:
+    codebook = np.zeros((4, 2), np.float64)
+    codebook[3, 1] = value  # 1e300 overflows to infinity in float32
+    write_pair(tmp_path / "m", ["0 1", "1 1"], codebook)
+    with pytest.raises(ReferenceFormatError, match=r"m\.codebook\.npy: row 3 holds NaN or infinity"):
+        load_reference(tmp_path / "m", codebook_size=2)
+
+
 @pytest.mark.parametrize(
     ("words", "message"),
     [

@@ -59,6 +59,7 @@ class DcclHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> PreTrainedModel:
+        _check_compressed_tensors_loaded(model)
         return model
 
     def _dequantize(self, model: PreTrainedModel, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
@@ -84,6 +85,23 @@ class DcclHfQuantizer(HfQuantizer):
     def is_qat_trainable(self) -> bool:
         """The codebooks are ordinary parameters, so `Trainer` may fine-tune the model without adapters."""
         return True
+
+
+def _check_compressed_tensors_loaded(model: PreTrainedModel) -> None:
+    """Refuse codes or codebooks the checkpoint did not provide. transformers fills a missing tensor, or one whose
+    size does not match (what ``ignore_mismatched_sizes=True`` allows), with uninitialised memory that its
+    ``_init_weights`` knows nothing of; only the tensors it loaded carry its ``_is_hf_initialized`` mark."""
+    for module_name, module in model.named_modules():
+        if not isinstance(module, CompressedEmbedding):
+            continue
+        for tensor_name in ("codebook", "packed_codes"):
+            tensor = getattr(module, tensor_name)
+            if tensor.device.type != "meta" and not getattr(tensor, "_is_hf_initialized", False):
+                raise ValueError(
+                    f"the checkpoint has no '{module_name}.{tensor_name}' of shape {tuple(tensor.shape)} (missing, "
+                    "or of another size than its quantization_config implies); its codes and codebooks cannot be "
+                    "re-initialised. Save the compressed model again."
+                )
 
 
 def register() -> None:
