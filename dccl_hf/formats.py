@@ -108,7 +108,7 @@ def _read_codes(path: Path) -> tuple[list[str] | None, list[str]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ReferenceFormatError(path, f"not UTF-8 text ({error}).") from error
-    lines = text.split("\n")
+    lines = text.removeprefix("\ufeff").split("\n")  # a byte-order mark is not part of the first word
     if lines[-1] == "":
         lines.pop()
     lines = [line.removesuffix("\r") for line in lines]
@@ -132,6 +132,10 @@ def _read_codes(path: Path) -> tuple[list[str] | None, list[str]]:
         if len(parts) > 2:
             raise ReferenceFormatError(path, "more than one tab; expected 'word<TAB>c1 c2 … cM'.", number)
         if with_words:
+            if not parts[0]:
+                raise ReferenceFormatError(
+                    path, "empty word before the tab; every row needs its word.", number
+                )
             words.append(parts[0])
         code_texts.append(parts[-1])
     return (words if with_words else None), code_texts
