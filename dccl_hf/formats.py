@@ -111,6 +111,14 @@ def _read_codes(path: Path) -> tuple[list[str] | None, list[str]]:
     lines = text.removeprefix("\ufeff").split("\n")  # a byte-order mark is not part of the first word
     if lines[-1] == "":
         lines.pop()
+    elif lines[-1].strip():
+        # A file cut inside its last line would silently read a shorter code ("1" of "13") as a valid one.
+        raise ReferenceFormatError(
+            path,
+            "the file ends inside this line (no final newline), so it is probably truncated; get a complete "
+            "copy, or add the final newline if the line is complete.",
+            len(lines),
+        )
     lines = [line.removesuffix("\r") for line in lines]
     if not lines:
         raise ReferenceFormatError(path, "the file is empty; expected one line of codes per embedding row.")

@@ -451,7 +451,9 @@ def _read_npy(path: Path, *, limit: int | None, words: list[str] | None) -> Embe
     """A 2-D float `.npy`, memory-mapped (not copied) when it is already float32."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, EOFError) as error:
+    except (
+        Exception
+    ) as error:  # a damaged header fails in numpy's parser in many ways (TokenError, SyntaxError, …)
         raise ValueError(f"{path} is not a readable .npy array ({error}).") from error
     matrix = _as_matrix(array, str(path), limit)
     if words is not None:
