@@ -453,3 +453,10 @@ def test_bad_arguments_are_refused_before_the_matrix_is_read(
     monkeypatch.setattr(learning, "load_matrix", no_work)
     with pytest.raises(error, match=re.escape(message)):
         compress(clustered(20, 3), 2, 4, progress=False, **options)
+
+
+def test_a_time_budgeted_run_shows_its_budget_as_the_progress_total(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    compress(clustered(200, 6), 4, 8, time_budget=7.0, max_iterations=1, progress=True)
+    assert "/7 s [" in capsys.readouterr().err  # seconds of the budget, so tqdm's ETA is the deadline
