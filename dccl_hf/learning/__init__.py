@@ -259,7 +259,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         except (
             Exception
         ) as error:  # each backend fails in its own way: NotImplementedError, AssertionError, …
-            reason = str(error).split("\n", 1)[0][:200]
+            reason = str(error).split("\n", 1)[0].split(". ", 1)[0][:200]
             raise ValueError(
                 f"device {device!r} is not available to this torch build or machine ({reason}); use 'cpu' or 'auto'."
             ) from error
