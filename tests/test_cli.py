@@ -607,3 +607,43 @@ def test_a_model_with_custom_code_needs_trust_remote_code(
     assert code == 1
     assert "names custom code (auto_map)" in stderr
     assert "--trust-remote-code" in stderr
+
+
+def test_the_model_and_tokenizer_for_calibration_never_run_remote_code(
+    tmp_path: Path, bert: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    calls: list[tuple[str, dict[str, object]]] = []
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained.__func__
+
+    def tokenizer(cls: type, *args: object, **kwargs: object) -> object:
+        calls.append(("tokenizer", kwargs))
+        return real_tokenizer(cls, *args, **kwargs)
+
+    def model(cls: type, *args: object, **kwargs: object) -> object:
+        calls.append(("model", kwargs))
+        raise OSError("stop here")  # what the call was asked is all this test needs
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(tokenizer))
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", classmethod(model))
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text(" ".join(WORDS) + "\n", encoding="utf-8")
+    code, _, stderr = run(
+        ["compress", str(bert), *MODEL_FAST, "-o", str(tmp_path / "a"), "--calibration", str(calibration)],
+        capsys,
+    )
+    assert code == 1
+    assert "stop here" in stderr
+    assert ("model", {"use_safetensors": True, "trust_remote_code": False}) in calls
+    assert all(kwargs.get("trust_remote_code") is False for _, kwargs in calls), calls
+
+
+def test_an_unreadable_model_checkpoint_is_named(
+    tmp_path: Path, bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (bert / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    code, _, stderr = run(["compress", str(bert), *MODEL_FAST, "-o", str(tmp_path / "a")], capsys)
+    assert code == 1
+    assert f"{bert / 'model.safetensors'} is not a readable safetensors file" in stderr
+    assert stderr.count("\n") == 1
