@@ -4,6 +4,7 @@ checkpoint is refused naming its file, and one run at a time holds a checkpoint 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -164,3 +165,19 @@ def test_the_lock_of_a_dead_run_is_taken_over(tmp_path: Path) -> None:
     module = small_run(tmp_path)
     assert np.isfinite(module.codebook.detach().numpy()).all()
     assert not (tmp_path / "checkpoint.lock").exists()
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(*args: object) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="dccl_hf"):
+        small_run(tmp_path)
+    assert "a concurrent run would not be detected" in caplog.text
+    assert (tmp_path / "checkpoint.pt").is_file()

@@ -134,6 +134,12 @@ class RunLock:
                     f"{self.what} is in use by another run ({_describe_holder(holder)}, lock file {self.path}); "
                     "wait for it to finish or stop it, or use another directory."
                 ) from None
+            except OSError as error:  # a file system without locks (some network mounts)
+                os.close(descriptor)
+                logger.warning(
+                    "Cannot lock %s (%s): a concurrent run would not be detected.", self.path, error
+                )
+                return self
             if _same_file(descriptor, self.path):
                 break
             os.close(descriptor)  # the holder released and removed it between our open and our lock: retry
