@@ -95,7 +95,7 @@ def _update_digest(digest: Any, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         data = value.detach().cpu().contiguous().reshape(-1)
         digest.update(f"tensor {data.dtype} {tuple(value.shape)};".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes())
+        digest.update(memoryview(data.view(torch.uint8).numpy()))  # hashed in place, not copied
     elif isinstance(value, dict):
         digest.update(f"dict {len(value)};".encode())
         for key, item in value.items():
