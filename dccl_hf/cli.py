@@ -119,15 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity = getattr(args, "verbose", 0)
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("dccl_hf").setLevel(
-        logging.ERROR
-        if quiet
-        else logging.DEBUG
-        if verbosity > 1
-        else logging.INFO
-        if verbosity
-        else logging.WARNING
-    )
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.getLogger("dccl_hf").setLevel(logging.ERROR if quiet else level)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
@@ -164,23 +157,20 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    for options, default in ((parser, 0), (common, argparse.SUPPRESS)):
-        # Accepted before and after the command; a subcommand's default must not reset the top-level value.
+    # Accepted before and after the command; a subcommand's default must not reset the top-level value.
+    for options, count, flag in ((parser, 0, False), (common, argparse.SUPPRESS, argparse.SUPPRESS)):
         options.add_argument(
-            "-v", "--verbose", action="count", default=default, help="log progress (-vv: debug)"
+            "-v", "--verbose", action="count", default=count, help="log progress (-vv: debug)"
         )
         options.add_argument(
             "-q",
             "--quiet",
             action="store_true",
-            default=False if default == 0 else default,
+            default=flag,
             help="no progress bars, status lines or info logs (results and errors are still printed)",
         )
         options.add_argument(
-            "--debug",
-            action="store_true",
-            default=False if default == 0 else default,
-            help="print the traceback of an error",
+            "--debug", action="store_true", default=flag, help="print the traceback of an error"
         )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     by_name: dict[str, argparse.ArgumentParser] = {}
@@ -621,8 +611,8 @@ def _read_run_file(path: Path) -> dict[str, Any]:
     """The settings an interrupted run saved in run.json, or a clear error naming the file when it is damaged."""
     try:
         settings = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        settings = error
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        settings = None
     if not isinstance(settings, dict):
         raise ValueError(
             f"{path} is damaged (not a JSON object of settings); delete {path.parent} to start the run over."
@@ -640,7 +630,8 @@ def _check_output_location(output: Path) -> None:
 def _output_lock(output: Path) -> RunLock:
     """The claim of this command on -o, a hidden file beside it: two runs writing one directory would mix their
     checkpoints and artifacts."""
-    return RunLock(output.parent / f".{output.name}.dccl-hf.lock", what=f"-o {output}")
+    resolved = output.resolve()  # so that "-o ." and "-o ../x" name their directory
+    return RunLock(resolved.parent / f".{resolved.name}.dccl-hf.lock", what=f"-o {output}")
 
 
 def _refuse_overwrite(output: Path, overwrite: bool) -> None:
