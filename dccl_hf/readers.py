@@ -449,11 +449,10 @@ def _parse_word2vec_rows(
 
 def _read_npy(path: Path, *, limit: int | None, words: list[str] | None) -> EmbeddingSource:
     """A 2-D float `.npy`, memory-mapped (not copied) when it is already float32."""
+    # A damaged header fails in numpy's parser in many ways (ValueError, TokenError, SyntaxError, ...).
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (
-        Exception
-    ) as error:  # a damaged header fails in numpy's parser in many ways (TokenError, SyntaxError, …)
+    except Exception as error:
         raise ValueError(f"{path} is not a readable .npy array ({error}).") from error
     matrix = _as_matrix(array, str(path), limit)
     if words is not None:
