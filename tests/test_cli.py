@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import logging
 import os
 import re
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 import torch
 from tiny_text import WORDS, bert_config, word_sentences, word_tokenizer
 
+import dccl_hf
 import dccl_hf.learning
 from dccl_hf.cli import main
 from dccl_hf.embedding import CompressedEmbedding
@@ -161,7 +164,7 @@ def test_failed_start_leaves_no_checkpoint(
 
     monkeypatch.setattr(dccl_hf.learning, "compress", failing)
     code, _, stderr = run(["compress", str(glove), "-o", str(out)], capsys)
-    assert code == 2
+    assert code == 1
     assert stderr.endswith("dccl-hf compress: error: bad\n")
     assert not (out / ".checkpoint").exists()
 
@@ -171,12 +174,12 @@ def test_failed_start_leaves_no_checkpoint(
     [
         (["compress", "missing.txt", "-o", "out"], "missing.txt does not exist"),
         (["evaluate", "nowhere", "--original", "x.npy"], "nowhere is not an artifact directory"),
-        (["export", "nowhere", "--prefix", "p"], "nowhere is not an artifact directory"),
+        (["export", "nowhere", "-o", "p"], "nowhere is not an artifact directory"),
         (["import", "nothing", "-o", "out"], "nothing.codebook.npy: codebook file not found"),
         (["push", "nowhere", "user/repo"], "nowhere is not an artifact directory"),
     ],
 )
-def test_user_errors_exit_2_with_one_line(
+def test_runtime_errors_exit_1_with_one_line(
     tmp_path: Path,
     args: list[str],
     message: str,
@@ -185,7 +188,7 @@ def test_user_errors_exit_2_with_one_line(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     code, _, stderr = run(args, capsys)
-    assert code == 2
+    assert code == 1
     assert message in stderr
     assert stderr.count("\n") == 1
     assert "Traceback" not in stderr
@@ -199,12 +202,12 @@ def test_evaluate_against_the_wrong_original(
     other = tmp_path / "other.npy"
     np.save(other, np.ones((ROWS, DIM + 1), np.float32))
     code, _, stderr = run(["evaluate", str(out), "--original", str(other)], capsys)
-    assert code == 2
+    assert code == 1
     assert f"gives {ROWS} rows x {DIM + 1} dims but the artifact needs {ROWS} x {DIM}" in stderr
     renamed = tmp_path / "renamed.txt"
     renamed.write_text(glove.read_text().replace("word3 ", "other3 "))
     code, _, stderr = run(["evaluate", str(out), "--original", str(renamed)], capsys)
-    assert code == 2
+    assert code == 1
     assert "row 3: the artifact's vocab.txt has 'word3'" in stderr
 
 
@@ -277,7 +280,7 @@ def test_entry_points_in_a_subprocess(tmp_path: Path, glove: Path) -> None:
         env=environment,
         check=False,
     )
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert result.stderr.startswith("dccl-hf evaluate: error: ")
     assert "missing.txt does not exist" in result.stderr
 
@@ -330,7 +333,7 @@ def test_calibration_file_weights_the_words_it_mentions(
     code, _, stderr = run(
         ["compress", str(glove), *FAST, "-o", str(tmp_path / "x"), "--calibration", "missing.txt"], capsys
     )
-    assert code == 2
+    assert code == 1
     assert "missing.txt" in stderr
 
 
@@ -424,7 +427,7 @@ def test_invalid_input_files_are_clear_errors(tmp_path: Path, capsys: pytest.Cap
         ("plain.txt.gz", "is not a readable gzip file"),
     ]:
         code, _, stderr = run(["compress", str(tmp_path / name), *FAST, "-o", str(tmp_path / "out")], capsys)
-        assert code == 2
+        assert code == 1
         assert f"{name} {message}" in stderr
         assert not (tmp_path / "out").exists()
 
@@ -450,7 +453,7 @@ def test_arguments_are_checked_before_the_input_is_read(
         ["compress", str(glove), *FAST, "-o", str(tmp_path / "out"), "--padding-idx", "999"], capsys
     )
     assert code == 2
-    assert "padding_idx must be an integer row index" in stderr
+    assert "--padding-idx 999 is not a row" in stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -460,15 +463,15 @@ def test_export_refuses_a_directory_prefix_and_existing_files(
     out = tmp_path / "artifact"
     assert run(["compress", str(glove), *FAST, "-o", str(out)], capsys)[0] == 0
     for prefix in (f"{tmp_path}/", str(tmp_path)):
-        code, _, stderr = run(["export", str(out), "--prefix", prefix], capsys)
+        code, _, stderr = run(["export", str(out), "-o", prefix], capsys)
         assert code == 2
         assert "must name the files, not a directory" in stderr
     prefix = str(tmp_path / "ref")
-    assert run(["export", str(out), "--prefix", prefix], capsys)[0] == 0
-    code, _, stderr = run(["export", str(out), "--prefix", prefix], capsys)
+    assert run(["export", str(out), "-o", prefix], capsys)[0] == 0
+    code, _, stderr = run(["export", str(out), "-o", prefix], capsys)
     assert code == 2
     assert "pass --overwrite" in stderr
-    assert run(["export", str(out), "--prefix", prefix, "--overwrite"], capsys)[0] == 0
+    assert run(["export", str(out), "-o", prefix, "--overwrite"], capsys)[0] == 0
 
 
 def test_push_without_a_network_is_a_clear_error(
@@ -480,5 +483,168 @@ def test_push_without_a_network_is_a_clear_error(
     assert run(["compress", str(glove), *FAST, "-o", str(out)], capsys)[0] == 0
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     code, _, stderr = run(["push", str(out), "someone/table", "--token", "hf_fake"], capsys)
-    assert code == 2
+    assert code == 1
     assert "cannot reach the Hugging Face Hub at http://127.0.0.1:9" in stderr
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"dccl-hf {dccl_hf.__version__}"
+
+
+def test_an_unknown_option_prints_the_usage_of_its_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "artifact", "-o", "p", "--bogus"])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("usage: dccl-hf export ")
+    assert "dccl-hf export: error: unrecognized arguments: --bogus" in stderr
+
+
+def test_quiet_prints_results_only(tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, stderr = run(["compress", str(glove), *FAST, "-o", str(tmp_path / "a"), "--quiet"], capsys)
+    assert code == 0
+    assert stderr == ""  # no progress bars, no logs
+    assert "Compressing" not in stdout
+    assert distance(stdout) > 0
+
+
+def test_export_takes_o_and_prefix_is_a_deprecated_alias(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "artifact"
+    assert run(["compress", str(glove), *FAST, "-o", str(out)], capsys)[0] == 0
+    assert run(["export", str(out), "-o", str(tmp_path / "new")], capsys)[0] == 0
+    assert (tmp_path / "new.codes").is_file()
+    with caplog.at_level(logging.WARNING, logger="dccl_hf"):
+        assert run(["export", str(out), "--prefix", str(tmp_path / "old")], capsys)[0] == 0
+    assert "--prefix is deprecated" in caplog.text
+    assert (tmp_path / "old.codes").read_bytes() == (tmp_path / "new.codes").read_bytes()
+
+
+def test_debug_prints_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, stderr = run(["evaluate", str(tmp_path), "--original", "x.npy", "--debug"], capsys)
+    assert code == 1
+    assert "Traceback" in stderr
+    assert stderr.endswith(
+        f"dccl-hf evaluate: error: {tmp_path} is not an artifact directory (no config.json); "
+        "see `dccl-hf compress`.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"[1, 2]", "is damaged (not a JSON object of settings)"), (b"\xff\xfe garbage", "is damaged")],
+)
+def test_a_damaged_run_json_is_an_error_naming_it(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str], content: bytes, message: str
+) -> None:
+    out = tmp_path / "artifact"
+    (out / ".checkpoint").mkdir(parents=True)
+    (out / ".checkpoint" / "run.json").write_bytes(content)
+    code, _, stderr = run(["compress", str(glove), *FAST, "-o", str(out), "--resume"], capsys)
+    assert code == 1
+    assert f"{out / '.checkpoint' / 'run.json'} {message}" in stderr
+    assert stderr.count("\n") == 1
+
+
+def test_a_calibration_file_that_is_not_utf8_is_named(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calibration = tmp_path / "latin1.txt"
+    calibration.write_bytes("word1 word2\ncaf\xe9\n".encode("latin-1"))
+    code, _, stderr = run(
+        ["compress", str(glove), *FAST, "-o", str(tmp_path / "a"), "--calibration", str(calibration)], capsys
+    )
+    assert code == 1
+    assert f"--calibration {calibration}, line 2: not valid UTF-8" in stderr
+
+
+def test_an_artifact_config_nested_too_deeply_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "art" / "model.safetensors").write_bytes(b"")
+    code, _, stderr = run(["export", str(tmp_path / "art"), "-o", str(tmp_path / "p")], capsys)
+    assert code == 1
+    assert f"{tmp_path / 'art' / 'config.json'}: not valid JSON" in stderr
+    assert stderr.count("\n") == 1
+
+
+def test_an_unavailable_device_is_a_usage_error(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, stderr = run(["compress", str(glove), "-o", str(tmp_path / "a"), "--device", "mps"], capsys)
+    assert code == 2
+    assert "device 'mps' is not available" in stderr
+    assert stderr.count("\n") == 1
+
+
+def test_two_runs_into_one_output_directory_do_not_both_proceed(
+    tmp_path: Path, glove: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dccl_hf.learning.checkpoint import RunLock
+
+    out = tmp_path / "artifact"
+    with RunLock(tmp_path / ".artifact.dccl-hf.lock"):  # what a running `dccl-hf compress -o artifact` holds
+        for command in (["compress", str(glove), *FAST], ["import", str(tmp_path / "ref")]):
+            code, _, stderr = run([*command, "-o", str(out)], capsys)
+            assert code == 1
+            assert f"-o {out} is in use by another run (process {os.getpid()}" in stderr
+    assert not out.exists()
+    assert run(["compress", str(glove), *FAST, "-o", str(out)], capsys)[0] == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["artifact", "vectors.txt"]
+
+
+def test_a_model_with_custom_code_needs_trust_remote_code(
+    bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = json.loads((bert / "config.json").read_text())
+    (bert / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "evil.Model"}}))
+    code, _, stderr = run(["compress", str(bert), *MODEL_FAST, "-o", str(tmp_path / "a")], capsys)
+    assert code == 1
+    assert "names custom code (auto_map)" in stderr
+    assert "--trust-remote-code" in stderr
+
+
+def test_the_model_and_tokenizer_for_calibration_never_run_remote_code(
+    tmp_path: Path, bert: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    calls: list[tuple[str, dict[str, object]]] = []
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained.__func__
+
+    def tokenizer(cls: type, *args: object, **kwargs: object) -> object:
+        calls.append(("tokenizer", kwargs))
+        return real_tokenizer(cls, *args, **kwargs)
+
+    def model(cls: type, *args: object, **kwargs: object) -> object:
+        calls.append(("model", kwargs))
+        raise OSError("stop here")  # what the call was asked is all this test needs
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(tokenizer))
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", classmethod(model))
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text(" ".join(WORDS) + "\n", encoding="utf-8")
+    code, _, stderr = run(
+        ["compress", str(bert), *MODEL_FAST, "-o", str(tmp_path / "a"), "--calibration", str(calibration)],
+        capsys,
+    )
+    assert code == 1
+    assert "stop here" in stderr
+    assert ("model", {"use_safetensors": True, "trust_remote_code": False}) in calls
+    assert all(kwargs.get("trust_remote_code") is False for _, kwargs in calls), calls
+
+
+def test_an_unreadable_model_checkpoint_is_named(
+    tmp_path: Path, bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (bert / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    code, _, stderr = run(["compress", str(bert), *MODEL_FAST, "-o", str(tmp_path / "a")], capsys)
+    assert code == 1
+    assert f"{bert / 'model.safetensors'} is not a readable safetensors file" in stderr
+    assert stderr.count("\n") == 1

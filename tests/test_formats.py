@@ -95,6 +95,20 @@ def test_reads_the_reference_implementations_output(tmp_path: Path) -> None:
         assert np.allclose(module(torch.tensor([0]))[0].numpy(), expected, atol=1e-5)
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_word(tmp_path: Path) -> None:
+    Path(f"{tmp_path / 'm'}.codes").write_bytes("\ufeffthe\t0 1\nend\t1 0\n".encode())
+    np.save(f"{tmp_path / 'm'}.codebook.npy", np.zeros((4, 2), np.float32))
+    _, words = load_reference(tmp_path / "m")
+    assert words == ["the", "end"]
+
+
+def test_a_codes_file_cut_inside_its_last_line_is_an_error(tmp_path: Path) -> None:
+    Path(f"{tmp_path / 'm'}.codes").write_bytes(b"the\t0 1\nend\t1 1")  # "1 1" could be "1 13" cut short
+    np.save(f"{tmp_path / 'm'}.codebook.npy", np.zeros((2 * 16, 2), np.float32))
+    with pytest.raises(ReferenceFormatError, match=r"m\.codes, line 2: the file ends inside this line"):
+        load_reference(tmp_path / "m")
+
+
 def test_crlf_line_endings_are_accepted(tmp_path: Path) -> None:
     Path(f"{tmp_path / 'm'}.codes").write_bytes(b"0 1\r\n1 0\r\n")
     np.save(f"{tmp_path / 'm'}.codebook.npy", np.zeros((4, 2), np.float32))
@@ -114,6 +128,7 @@ def test_crlf_line_endings_are_accepted(tmp_path: Path) -> None:
         (["0 1 2", "b\t1 1 1"], r"m\.codes, line 2: mixed dialects"),
         (["0 1 2", "", "1 1 1"], r"m\.codes, line 2: empty line"),
         (["a\t0 1 2", "b\t1\t1 1"], r"m\.codes, line 2: more than one tab"),
+        (["a\t0 1 2", "\t1 1 1"], r"m\.codes, line 2: empty word"),
     ],
 )
 def test_malformed_codes_lines_are_reported_with_line_numbers(

@@ -406,10 +406,23 @@ def test_quantization_config_round_trips_and_rejects_bad_fields(tmp_path: Path) 
         DcclConfig(4, 64, quant_method="gptq")
     with pytest.raises(TypeError, match="Unknown DcclConfig fields"):
         DcclConfig(4, 64, group_size=2)
-    with pytest.raises(ValueError, match="not compressed modules"):
+    with pytest.raises(
+        ValueError, match=r"not in modules \[\]: \['model.embed_tokens'\].*config.json edited"
+    ):
         DcclConfig(4, 64, modules=[], tied_heads={"lm_head": "model.embed_tokens"})
     with pytest.raises(ValueError, match="codebook_size must be a power of two"):
         DcclConfig(4, 60)
     build("gpt2").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="resize_with_codes"):
         AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=DcclConfig(4, 16))
+
+
+def test_an_edited_modules_list_on_a_tied_model_is_named_as_such(compressed: dict, tmp_path: Path) -> None:
+    compressed["llama-tied"][1].save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"]["modules"] = ["model.embed_tokens", "lm_head"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"modules lists \['model.embed_tokens', 'lm_head'\].*config.json was edited"
+    ):
+        AutoModelForCausalLM.from_pretrained(tmp_path)

@@ -1,4 +1,5 @@
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -396,3 +397,66 @@ def test_a_checkpoint_of_another_job_is_refused(change: dict[str, Any], tmp_path
     compress(matrix, codebook_size=4, checkpoint_dir=tmp_path / "w", weights=weights, **arguments)
     with pytest.raises(ValueError, match="weights_sum"):  # the same weights on other rows
         compress(matrix, codebook_size=4, checkpoint_dir=tmp_path / "w", weights=weights.flip(0), **arguments)
+
+
+@pytest.mark.parametrize("method", ["additive", "dccl"])
+@pytest.mark.parametrize("scale", [1e19, 1e-30, 1e-40])
+def test_extreme_scales_learn_as_well_as_unit_scale(method: str, scale: float) -> None:
+    matrix = clustered(200, 6)
+    options: dict[str, Any] = {"method": method, "max_iterations": SHORT[method], "progress": False}
+    unit = compress(matrix, 4, 8, **options)
+    scaled_matrix = (matrix.double() * scale).float()  # 1e-40 is a float32 denormal
+    scaled = compress(scaled_matrix, 4, 8, **options)
+
+    def relative_error(module: CompressedEmbedding, original: torch.Tensor) -> float:
+        rebuilt = module(torch.arange(original.shape[0])).detach().double()
+        return float((rebuilt - original.double()).norm() / original.double().norm())
+
+    assert np.isfinite(scaled.codebook.detach().numpy()).all()
+    assert relative_error(scaled, scaled_matrix) < relative_error(unit, matrix) + 0.02
+
+
+def test_numpy_integers_are_accepted_for_shapes_and_padding() -> None:
+    matrix = clustered(50, 4)
+    module = compress(
+        matrix, np.int64(2), np.int32(4), padding_idx=np.int64(3), seed=np.int64(1), max_iterations=1
+    )
+    assert (module.num_codebooks, module.codebook_size, module.padding_idx) == (2, 4, 3)
+    assert all(
+        type(value) is int for value in (module.num_codebooks, module.codebook_size, module.padding_idx)
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"time_budget": "5"}, TypeError, "time_budget must be a number of seconds"),
+        ({"ridge": float("nan")}, ValueError, "ridge must be a finite number >= 0, got nan"),
+        ({"perturbations": -2}, ValueError, "perturbations must be an integer >= 0, got -2"),
+        ({"kmeans_iterations": -3}, ValueError, "kmeans_iterations must be an integer >= 0"),
+        ({"beam_size": 0}, ValueError, "beam_size must be an integer >= 1"),
+        ({"tolerance": "small"}, ValueError, "tolerance must be a finite number"),
+        ({"objective": "cosine"}, ValueError, "objective must be 'distance' or 'squared'"),
+        ({"learning_rate": 0.0, "method": "dccl"}, ValueError, "learning_rate must be a finite number > 0"),
+        ({"batch_size": 2.5, "method": "dccl"}, ValueError, "batch_size must be an integer >= 1"),
+        ({"beam": 4}, TypeError, "method 'additive' has no option 'beam'; its options are beam_size"),
+        ({"device": "mps"}, ValueError, "device 'mps' is not available"),
+        ({"device": "meta"}, ValueError, "device 'meta' holds no data"),
+    ],
+)
+def test_bad_arguments_are_refused_before_the_matrix_is_read(
+    options: dict[str, Any], error: type[Exception], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the matrix was read before the arguments were checked")
+
+    monkeypatch.setattr(learning, "load_matrix", no_work)
+    with pytest.raises(error, match=re.escape(message)):
+        compress(clustered(20, 3), 2, 4, progress=False, **options)
+
+
+def test_a_time_budgeted_run_shows_its_budget_as_the_progress_total(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    compress(clustered(200, 6), 4, 8, time_budget=7.0, max_iterations=1, progress=True)
+    assert "/7 s [" in capsys.readouterr().err  # seconds of the budget, so tqdm's ETA is the deadline

@@ -246,16 +246,17 @@ def test_huggingface_model_directory(tmp_path: Path, masked_lm: bool, shard: boo
     assert_source(read_embeddings(tmp_path / "bert", limit=4), weight[:4], tokens[:4])
 
 
-def test_huggingface_model_without_safetensors_is_loaded_with_transformers(tmp_path: Path) -> None:
+def test_huggingface_model_with_a_pickled_checkpoint_is_refused(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    weight, tokens = make_bert(tmp_path / "bert")
+    make_bert(tmp_path / "bert")
     state = load_file(str(tmp_path / "bert" / "model.safetensors"))
     torch.save(state, tmp_path / "bert" / "pytorch_model.bin")
     (tmp_path / "bert" / "model.safetensors").unlink()
-    source = read_embeddings(tmp_path / "bert", limit=5)
-    assert_source(source, weight[:5], tokens[:5])
-    assert "input embeddings" in source.origin
+    with pytest.raises(
+        ValueError, match=r"pytorch_model.bin is a pickled checkpoint.*convert the model to safetensors"
+    ):
+        read_embeddings(tmp_path / "bert", limit=5)
 
 
 def test_huggingface_repo_id_downloads_only_config_tokenizer_and_embedding_shard(
@@ -490,3 +491,108 @@ def test_vocab_rejects_newlines_without_touching_the_old_file(tmp_path: Path) ->
         save_vocab(tmp_path, [3])  # type: ignore[list-item]
     assert load_vocab(tmp_path) == ["kept"]
     assert sorted(os.listdir(tmp_path)) == ["vocab.txt"]
+
+
+@pytest.mark.parametrize("header", [None, "7 4\n"])
+def test_a_file_cut_inside_its_last_number_is_an_error(
+    tmp_path: Path, matrix: np.ndarray, header: str | None
+) -> None:
+    lines = text_lines(WORDS, matrix)
+    lines[-1] = lines[-1].rstrip("\n") + "5"  # "... -2.25" becomes "-2.255": cut from "-2.2551", say
+    path = write_text(tmp_path / "cut.txt", lines, header)
+    line = len(WORDS) + (header is not None)
+    with pytest.raises(ValueError, match=rf"cut\.txt, line {line}: the file ends inside this line"):
+        read_embeddings(path)
+    assert_source(read_embeddings(path, limit=3), matrix[:3], WORDS[:3])  # rows before the cut are fine
+
+
+@pytest.mark.parametrize("header", [None, "7 4\n"])
+def test_a_byte_order_mark_is_not_part_of_the_first_word(
+    tmp_path: Path, matrix: np.ndarray, header: str | None
+) -> None:
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + ((header or "") + "".join(text_lines(WORDS, matrix))).encode())
+    assert_source(read_embeddings(path), matrix, WORDS)
+
+
+def test_a_word2vec_binary_header_is_checked_against_the_file_size(
+    tmp_path: Path, matrix: np.ndarray
+) -> None:
+    path = write_word2vec_binary(tmp_path / "huge.bin", WORDS, matrix, header="1000000000000 300\n")
+    with pytest.raises(
+        ValueError, match=r"huge\.bin, line 1: the header announces 1000000000000 rows of 300"
+    ):
+        read_embeddings(path, limit=2)
+    path = write_word2vec_binary(tmp_path / "short.bin", WORDS, matrix, header="50 4\n")
+    with pytest.raises(ValueError, match="the file is truncated or its header is wrong"):
+        read_embeddings(path)
+
+
+def test_a_model_with_custom_code_is_refused_unless_trusted(tmp_path: Path) -> None:
+    make_bert(tmp_path / "bert")
+    config_path = tmp_path / "bert" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.json names custom code \(auto_map\).*--trust-remote-code"):
+        read_embeddings(tmp_path / "bert")
+
+
+def test_transformers_is_never_asked_to_run_remote_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    weight, tokens = make_bert(tmp_path / "bert")
+    calls: list[tuple[str, object]] = []
+    for name in ("AutoConfig", "AutoTokenizer"):
+        auto = getattr(transformers, name)
+        real = auto.from_pretrained.__func__
+
+        def recording(
+            cls: type, *args: object, __name: str = name, __real: object = real, **kwargs: object
+        ) -> object:
+            calls.append((__name, kwargs.get("trust_remote_code", "missing")))
+            return __real(cls, *args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(auto, "from_pretrained", classmethod(recording))
+    assert_source(read_embeddings(tmp_path / "bert"), weight, tokens)
+    assert calls
+    assert all(value is False for _, value in calls), calls
+
+
+def test_checkpoint_files_must_stay_inside_the_model_directory(tmp_path: Path) -> None:
+    make_bert(tmp_path / "bert", shard=True)
+    index_path = tmp_path / "bert" / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["weight_map"] = dict.fromkeys(index["weight_map"], "../outside.safetensors")
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"'\.\./outside\.safetensors' points outside the model directory"):
+        read_embeddings(tmp_path / "bert")
+
+    make_bert(tmp_path / "single")
+    moved = tmp_path / "elsewhere.safetensors"
+    (tmp_path / "single" / "model.safetensors").rename(moved)
+    (tmp_path / "single" / "model.safetensors").symlink_to(moved)
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors is a link to .*elsewhere\.safetensors, outside"
+    ):
+        read_embeddings(tmp_path / "single")
+
+
+def test_a_vocab_txt_linking_outside_its_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("a\nb\n")
+    (tmp_path / "artifact").mkdir()
+    (tmp_path / "artifact" / "vocab.txt").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(ValueError, match=r"is a link to .*secret\.txt, outside"):
+        load_vocab(tmp_path / "artifact")
+
+
+@pytest.mark.parametrize(
+    "content", ["[" * 100_000 + "]" * 100_000, "[1, 2]", "{not json"], ids=["nested", "list", "garbage"]
+)
+def test_a_broken_model_config_is_an_error_naming_it(tmp_path: Path, content: str) -> None:
+    make_bert(tmp_path / "bert")
+    (tmp_path / "bert" / "config.json").write_text(content)
+    with pytest.raises(ValueError, match=r"bert/config\.json (is not valid JSON|holds no JSON object)"):
+        read_embeddings(tmp_path / "bert")

@@ -55,7 +55,10 @@ class DcclConfig(QuantizationConfigMixin):
         self.tied_heads = dict(tied_heads or {})
         unknown = sorted(set(self.tied_heads.values()) - set(self.modules))
         if unknown:
-            raise ValueError(f"tied_heads refer to embeddings that are not compressed modules: {unknown}.")
+            raise ValueError(
+                f"tied_heads {self.tied_heads} refer to embeddings that are not in modules {self.modules}: {unknown}; "
+                "a saved quantization_config names the compressed embedding in both (was config.json edited?)."
+            )
         self.shared_head = bool(self.tied_heads)
         self.base_model = base_model
         self.reconstruction = dict(reconstruction or {})

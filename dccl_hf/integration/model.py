@@ -200,7 +200,13 @@ def build_compressed_modules(model: PreTrainedModel, config: DcclConfig) -> None
     current_name = names[id(current)]
     prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
     aliases = {current_name, current_name.removeprefix(prefix), prefix + current_name}
-    if len(config.modules) != 1 or config.modules[0] not in aliases:
+    if len(config.modules) != 1:
+        raise ValueError(
+            f"quantization_config.modules lists {config.modules}, but a dccl_hf checkpoint compresses exactly one "
+            f"module, the input embeddings ({current_name}), and names a tied head in tied_heads: the checkpoint's "
+            "config.json was edited or is damaged; restore it, or compress the original model again."
+        )
+    if config.modules[0] not in aliases:
         raise ValueError(
             f"This checkpoint compresses {config.modules}, but dccl_hf only rebuilds the input embeddings "
             f"({current_name} in {type(model).__name__}); load it with the model class it was saved from."

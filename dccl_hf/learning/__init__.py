@@ -7,8 +7,11 @@ target device without copying the matrix more than once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dccl_hf.checks import is_integer
+from dccl_hf.checks import as_integer, is_integer, is_real
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import Calibration, row_weights_from_calibration
 from dccl_hf.fidelity.models import Tokenizer
@@ -44,6 +47,22 @@ FitFunction = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 #: The learning methods `compress` knows, by name. Each follows the shared `fit` signature (docs/architecture.md).
 METHODS: dict[str, FitFunction] = {"additive": fit_additive, "dccl": fit_dccl}
+
+#: What each method option must be: (kind, smallest allowed value, whether the smallest is excluded); kind
+#: "int" or "real" (finite); None is accepted where the option's default is None.
+OPTION_RULES: dict[str, tuple[str, float, bool]] = {
+    **dict.fromkeys(("icm_sweeps", "perturbations", "local_search", "kmeans_iterations"), ("int", 0, False)),
+    **dict.fromkeys(("polish_rounds", "validation_size"), ("int", 0, False)),
+    **dict.fromkeys(("beam_size", "init_beam_size", "patience"), ("int", 1, False)),
+    **dict.fromkeys(("max_epochs", "batch_size", "hidden_size"), ("int", 1, False)),
+    **dict.fromkeys(("ridge", "tolerance", "min_improvement"), ("real", 0.0, False)),
+    **dict.fromkeys(
+        ("learning_rate", "max_grad_norm", "tau", "init_scale", "checkpoint_every"), ("real", 0.0, True)
+    ),
+}
+
+#: Rows whose root mean square lies outside [1/NORMAL_SCALE, NORMAL_SCALE] are learned scaled by a power of two.
+NORMAL_SCALE = 2.0**10
 
 
 def compress(
@@ -92,7 +111,13 @@ def compress(
     """
     started = time.monotonic()
     fit = _method(method)
+    num_codebooks, codebook_size, seed, padding_idx, max_iterations = (
+        as_integer(value) for value in (num_codebooks, codebook_size, seed, padding_idx, max_iterations)
+    )
     check_arguments(num_codebooks, codebook_size, seed, time_budget, max_iterations)
+    _check_options(method, fit, options)
+    if checkpoint_dir is not None:
+        _check_checkpoint_dir(checkpoint_dir)
     if padding_idx is None and isinstance(matrix, nn.Embedding):
         padding_idx = matrix.padding_idx
     target = resolve_device(device)
@@ -134,6 +159,8 @@ def compress(
         # when a large common offset dominates the rows: it learns on centred rows, and the mean joins
         # codebook 0 (exact: every row uses one of its codewords). `dccl` gets the rows as the paper does.
         data, mean = _centred(data, in_place=copied)
+        copied = True
+    data, scale = _normalised(data, in_place=copied)
     generator = torch.Generator(device=target).manual_seed(seed)
     checkpointer = None
     if checkpoint_dir is not None:
@@ -164,19 +191,25 @@ def compress(
         method,
         target,
     )
-    codes, codebook = fit(
-        data,
-        num_codebooks,
-        codebook_size,
-        weights=row_weights,
-        generator=generator,
-        checkpointer=checkpointer,
-        progress=progress,
-        # Reading, checking and weighting the matrix count against the budget too.
-        time_budget=None if time_budget is None else max(0.0, time_budget - (time.monotonic() - started)),
-        max_iterations=max_iterations,
-        **options,
-    )
+    with contextlib.ExitStack() as locked:
+        if checkpointer is not None:
+            with together(target):  # another run holding one rank's files stops every rank
+                locked.enter_context(checkpointer.lock())
+        codes, codebook = fit(
+            data,
+            num_codebooks,
+            codebook_size,
+            weights=row_weights,
+            generator=generator,
+            checkpointer=checkpointer,
+            progress=progress,
+            # Reading, checking and weighting the matrix count against the budget too.
+            time_budget=None if time_budget is None else max(0.0, time_budget - (time.monotonic() - started)),
+            max_iterations=max_iterations,
+            **options,
+        )
+    if scale != 1.0:
+        codebook = (codebook.double() * scale).to(codebook.dtype)
     if mean is not None:
         codebook[0] += mean
     if transform is not None:
@@ -218,6 +251,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
             raise ValueError(
                 f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)."
             )
+    elif resolved.type == "meta":
+        raise ValueError("device 'meta' holds no data to learn from; use 'cpu', 'cuda' or 'auto'.")
+    elif resolved.type != "cpu":
+        try:
+            torch.empty(1, device=resolved)
+        except (
+            Exception
+        ) as error:  # each backend fails in its own way: NotImplementedError, AssertionError, …
+            reason = str(error).split("\n", 1)[0].split(". ", 1)[0][:200]
+            raise ValueError(
+                f"device {device!r} is not available to this torch build or machine ({reason}); use 'cpu' or 'auto'."
+            ) from error
     return resolved
 
 
@@ -296,10 +341,97 @@ def check_arguments(
     bits_per_code(codebook_size)
     if not is_integer(seed):
         raise TypeError(f"seed must be an integer, got {seed!r}.")
+    if time_budget is not None and not is_real(time_budget):
+        raise TypeError(f"time_budget must be a number of seconds (int or float), got {time_budget!r}.")
     if time_budget is not None and not time_budget > 0:
         raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}.")
     if max_iterations is not None and (not is_integer(max_iterations) or max_iterations < 0):
         raise ValueError(f"max_iterations must be a non-negative integer, got {max_iterations!r}.")
+
+
+def _check_options(method: str, fit: FitFunction, options: dict[str, Any]) -> None:
+    """Refuse options the method does not take, and values it cannot use (negative counts, NaN, wrong types)."""
+    parameters = inspect.signature(fit).parameters
+    accepted = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind == parameter.KEYWORD_ONLY and name not in _SHARED_FIT_ARGUMENTS
+    ]
+    open_ended = any(parameter.kind == parameter.VAR_KEYWORD for parameter in parameters.values())
+    for name, value in options.items():
+        if name not in accepted and not open_ended:
+            raise TypeError(
+                f"method {method!r} has no option {name!r}; its options are {', '.join(accepted)}."
+            )
+        if value is None and name in parameters and parameters[name].default is None:
+            continue
+        if name == "objective" and value not in ("distance", "squared"):
+            raise ValueError(f"objective must be 'distance' or 'squared', got {value!r}.")
+        if name == "refit_codebook" and not isinstance(value, bool):
+            raise TypeError(f"refit_codebook must be True or False, got {value!r}.")
+        if name not in OPTION_RULES:
+            continue
+        kind, smallest, excluded = OPTION_RULES[name]
+        if kind == "int":
+            valid = is_integer(as_integer(value)) and value >= smallest
+        else:
+            valid = (
+                is_real(value)
+                and math.isfinite(value)
+                and (value > smallest if excluded else value >= smallest)
+            )
+        if not valid:
+            bound = f"{'>' if excluded else '>='} {smallest:g}"
+            what = "an integer" if kind == "int" else "a finite number"
+            raise ValueError(f"{name} must be {what} {bound}, got {value!r}.")
+
+
+_SHARED_FIT_ARGUMENTS = ("weights", "generator", "checkpointer", "progress", "time_budget", "max_iterations")
+
+
+def _check_checkpoint_dir(checkpoint_dir: str | os.PathLike[str]) -> None:
+    """Refuse an empty path (it would mean the working directory) and paths that cannot become a directory,
+    before any work is done."""
+    name = os.fspath(checkpoint_dir)
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(
+            f"checkpoint_dir {checkpoint_dir!r} is empty; give a directory for the run's checkpoints, or None."
+        )
+    path = os.path.abspath(name)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"checkpoint_dir {name}: {path} exists and is not a directory; give a directory for the checkpoints."
+        )
+
+
+def _normalised(data: torch.Tensor, *, in_place: bool) -> tuple[torch.Tensor, float]:
+    """The rows scaled by a power of two when their root mean square is far from 1, and the factor that scales a
+    codebook learned on them back (1.0 when untouched).
+
+    Both learners score codes by squared distances in float32 and use absolute tolerances (ridge, floors), so
+    rows at 1e19 overflow and rows at 1e-30 vanish; decoding is linear, so learning on scaled rows and scaling
+    the codebook back is exact, and a power of two scales without rounding.
+    """
+    rows, dim = data.shape
+    step = max(1, CHUNK_ELEMENTS // dim)
+    total = torch.zeros(2, dtype=torch.float64, device=data.device)
+    total[1] = rows * dim
+    for start in range(0, rows, step):
+        total[0] += data[start : start + step].double().square().sum()
+    all_sum(total)  # over every shard's rows
+    rms = math.sqrt(float(total[0]) / float(total[1]))
+    if rms == 0.0 or 1.0 / NORMAL_SCALE <= rms <= NORMAL_SCALE:
+        return data, 1.0
+    factor = 2.0 ** -round(math.log2(rms))
+    logger.info(
+        "Rows have a root mean square of %.3g: learning them scaled by 2^%d", rms, round(math.log2(factor))
+    )
+    result = data if in_place else torch.empty_like(data)
+    for start in range(0, rows, step):
+        result[start : start + step] = data[start : start + step].double() * factor
+    return result, 1.0 / factor
 
 
 def _source(matrix: MatrixLike) -> torch.Tensor | np.ndarray:

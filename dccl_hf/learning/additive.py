@@ -197,12 +197,18 @@ def fit_additive(
     if deadline is not None and deadline > time.monotonic() and rank_and_size()[0] == 0:
         cost = _RoundCost.probe(matrix, state.codebook, state.beam, icm_sweeps)
     widest = MAX_WIDENING * beam_size
+    # With a budget the bar counts its seconds (tqdm's ETA is then the deadline), else the rounds.
+    seconds = None if time_budget is None else max(1, round(time_budget))
+    shown = (lambda: state.iteration) if seconds is None else (lambda: min(int(state.elapsed), seconds))
     bar = tqdm(
-        total=max_iterations if time_budget is None else None,  # a budget ends runs long before 100 rounds
-        initial=state.iteration,
+        total=max_iterations if seconds is None else seconds,
+        initial=shown(),
         disable=not progress or rank_and_size()[0] > 0,
         desc="additive",
-        unit="round",
+        unit="round" if seconds is None else "s",
+        bar_format=None
+        if seconds is None
+        else "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]",
     )
     bar.set_postfix({objective: f"{state.best:.5f}"})
     while state.iteration < max_iterations:
@@ -255,8 +261,8 @@ def fit_additive(
             state.codebook, state.codes, state.best = codebook, codes, value
         state.elapsed = time.monotonic() - start + offset
         _save(checkpointer, state, generator)
-        bar.update(1)
-        bar.set_postfix({objective: f"{value:.5f}"})
+        bar.update(shown() - bar.n)
+        bar.set_postfix({"round": state.iteration, objective: f"{value:.5f}"})
         logger.info(
             "Round %d: weighted mean %s %.6f (%.1f s)",
             state.iteration,

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import os
 import re
+import socket
 from pathlib import Path
+from types import TracebackType
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 import torch
 
@@ -17,6 +26,9 @@ from dccl_hf.learning.distributed import gather_rows, rank_and_size, together
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_SUFFIX = ".lock"
+#: The key under which a saved state carries the SHA-256 of its own contents.
+CHECKSUM_KEY = "state_sha256"
 
 #: Job entries that fingerprint data rather than name a setting, and what they stand for in messages.
 FINGERPRINTS = {
@@ -36,6 +48,10 @@ class Checkpointer:
         self.directory = Path(directory)
         self.path = self.directory / CHECKPOINT_FILE
 
+    def lock(self) -> RunLock:
+        """The lock a run holds on this checkpoint file while it runs, so that no other process writes it."""
+        return RunLock(self.path.with_suffix(LOCK_SUFFIX))
+
     def load(self) -> dict[str, Any] | None:
         """The last saved state (tensors on CPU), or None when there is none."""
         state = self._read(self.path)
@@ -46,18 +62,118 @@ class Checkpointer:
     def save(self, state: dict[str, Any]) -> None:
         """Write `state` (tensors, numbers, strings, lists and dicts of them) atomically."""
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save({**state, CHECKSUM_KEY: state_digest(state)}, buffer)
         write_file_atomic(self.path, buffer.getvalue())
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         if not path.exists():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
             raise ValueError(
                 f"Checkpoint {path} is unreadable ({error}); delete it to start the run over."
             ) from error
+        checksum = state.pop(CHECKSUM_KEY, None) if isinstance(state, dict) else None
+        if checksum is None or checksum != state_digest(state):
+            raise ValueError(
+                f"Checkpoint {path} is damaged or was modified (its contents do not match the checksum it was "
+                "saved with); delete it to start the run over."
+            )
+        return state
+
+
+def state_digest(value: Any) -> str:
+    """SHA-256 of a checkpoint state's contents (tensors' dtypes, shapes and bytes; numbers; strings; nested
+    dicts, lists and tuples in order), independent of how torch serialises them."""
+    digest = hashlib.sha256()
+    _update_digest(digest, value)
+    return digest.hexdigest()
+
+
+def _update_digest(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        data = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor {data.dtype} {tuple(value.shape)};".encode())
+        digest.update(memoryview(data.view(torch.uint8).numpy()))  # hashed in place, not copied
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)};".encode())
+        for key, item in value.items():
+            _update_digest(digest, key)
+            _update_digest(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__} {len(value)};".encode())
+        for item in value:
+            _update_digest(digest, item)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
+
+
+class RunLock:
+    """An exclusive claim of one process on a run's files: `path` is locked (`flock`) while the run holds it and
+    names the holder's process id and host. The operating system drops the lock when its process dies, so the
+    lock of a killed run is taken over by the next one; a live holder's lock is a clear error."""
+
+    def __init__(self, path: str | os.PathLike[str], what: str | None = None) -> None:
+        self.path = Path(path)
+        self.what = what or str(self.path.parent)
+        self.descriptor: int | None = None
+
+    def __enter__(self) -> RunLock:
+        if fcntl is None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(descriptor, 4096).decode(errors="replace")
+                os.close(descriptor)
+                raise ValueError(
+                    f"{self.what} is in use by another run ({_describe_holder(holder)}, lock file {self.path}); "
+                    "wait for it to finish or stop it, or use another directory."
+                ) from None
+            except OSError as error:  # a file system without locks (some network mounts)
+                os.close(descriptor)
+                logger.warning(
+                    "Cannot lock %s (%s): a concurrent run would not be detected.", self.path, error
+                )
+                return self
+            if _same_file(descriptor, self.path):
+                break
+            os.close(descriptor)  # the holder released and removed it between our open and our lock: retry
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        self.descriptor = descriptor
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.descriptor is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still locked, so that no other run locks the removed file
+        os.close(self.descriptor)
+        self.descriptor = None
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _describe_holder(holder: str) -> str:
+    try:
+        owner = json.loads(holder)
+        return f"process {owner['pid']} on {owner['host']}"
+    except (ValueError, TypeError, KeyError):
+        return "a process starting up"
 
 
 class JobCheckpointer(Checkpointer):
