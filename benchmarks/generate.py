@@ -90,7 +90,7 @@ def random_codes(model, num_codebooks: int, codebook_size: int) -> CompressedEmb
     table = model.get_input_embeddings()
     generator = torch.Generator().manual_seed(0)
     codes = torch.randint(codebook_size, (table.num_embeddings, num_codebooks), generator=generator)
-    scale = float(table.weight.std()) / num_codebooks**0.5
+    scale = float(table.weight.detach().std()) / num_codebooks**0.5
     codebook = torch.randn(num_codebooks, codebook_size, table.embedding_dim, generator=generator) * scale
     return CompressedEmbedding.from_codes(codes, codebook, padding_idx=table.padding_idx)
 

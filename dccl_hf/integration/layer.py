@@ -168,7 +168,7 @@ def _byte_tables(scores: torch.Tensor, row_bytes: int, codebook_size: int) -> to
     bits = bits_per_code(codebook_size)
     per_byte = 8 // bits
     if per_byte == 1:
-        return scores  # each byte is one code: the tables are the scores
+        return scores.contiguous()  # each byte is one code: the tables are the scores
     tokens = scores.shape[1]
     missing = row_bytes * per_byte * codebook_size - scores.shape[0]
     if missing:  # the codes packed after the last codebook are zero bits: they add nothing
