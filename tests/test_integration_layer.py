@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -73,6 +74,8 @@ def test_logits_and_gradients_match_the_dense_head(
 
 def test_backward_blocks_cover_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(layer_module, "ONE_HOT_BLOCK_ELEMENTS", 7)  # blocks of 1 row with M·K = 12
+    monkeypatch.setattr(layer_module, "GATHER_ROWS_PER_CHUNK", 2)
+    monkeypatch.setattr(layer_module, "SCORE_TOKENS_PER_CHUNK", 2)
     embedding = make_embedding(vocab=9, padding_idx=4)
     hidden = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     head = CompressedLMHead(embedding)
@@ -112,3 +115,95 @@ def test_bad_inputs_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="must end with dimension 8"):
         CompressedLMHead(embedding)(torch.zeros(2, 7, dtype=torch.float64))
     assert "out_features=50" in repr(CompressedLMHead(embedding))
+
+
+class _Logits(torch.nn.Module):
+    """A causal LM as ids → logits, the signature tracing and export take."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+def tiny_tied_llama(padding_idx: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dccl_hf.integration.model import resize_with_codes
+
+    config = LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        pad_token_id=padding_idx,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    codes = torch.randint(256, (40, 4), generator=generator)
+    embedding = CompressedEmbedding.from_codes(
+        codes, torch.randn(4, 256, 16, generator=generator), padding_idx=padding_idx
+    )
+    resize_with_codes(model, embedding)
+    assert isinstance(model.get_output_embeddings(), CompressedLMHead)
+    return _Logits(model)
+
+
+@pytest.mark.parametrize("tokens", [1, 16])  # the score path, the decoded path
+@pytest.mark.parametrize("capture", ["jit.trace", "export"])
+def test_traced_and_exported_tied_llama_keep_the_padding_logit(tokens: int, capture: str) -> None:
+    model = tiny_tied_llama(padding_idx=3)
+    ids = torch.randint(4, 40, (1, tokens), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(ids)
+    # Captured with gradients enabled: the head's autograd function is recorded as it computes.
+    if capture == "jit.trace":
+        captured = torch.jit.trace(model, (ids,), check_trace=False)
+    else:
+        captured = torch.export.export(model, (ids,)).module()
+    with torch.no_grad():
+        got = captured(ids)
+    assert model.model.lm_head.uses_decoded_path(tokens) == (tokens == 16)
+    torch.testing.assert_close(expected[..., 3], torch.zeros_like(expected[..., 3]))
+    torch.testing.assert_close(got, expected)
+
+
+class _TiedPair(torch.nn.Module):
+    """An embedding and the head tied to it, as a model holds them (the codebook is a parameter here)."""
+
+    def __init__(self, embedding: CompressedEmbedding) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.head = CompressedLMHead(embedding)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden_states)
+
+
+@pytest.mark.parametrize("codebook_size", [2, 8, 16, 256])
+@pytest.mark.parametrize("tokens", [1, 16])
+def test_onnx_export_of_the_head_keeps_the_padding_logit(codebook_size: int, tokens: int) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    generator = torch.Generator().manual_seed(codebook_size)
+    codes = torch.randint(codebook_size, (40, 4), generator=generator)
+    embedding = CompressedEmbedding.from_codes(
+        codes, torch.randn(4, codebook_size, 16, generator=generator), padding_idx=3
+    )
+    pair = _TiedPair(embedding)
+    hidden = torch.randn(tokens, 16, generator=generator)
+    with torch.no_grad():
+        expected = pair(hidden)
+    buffer = io.BytesIO()
+    torch.onnx.export(pair, (hidden,), buffer, dynamo=False, opset_version=18, input_names=["hidden"])
+    session = onnxruntime.InferenceSession(buffer.getvalue())
+    got = torch.from_numpy(session.run(None, {"hidden": hidden.numpy()})[0])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.count_nonzero(got[:, 3]) == 0
