@@ -150,14 +150,18 @@ class CompressedEmbedding(
         return self.dense_bytes / (self.code_bytes + self.codebook_bytes)
 
     def lookup_indices(self, flat_ids: torch.Tensor) -> torch.Tensor:
-        """Rows of the flattened (M·K, D) codebook to sum for each id: int32 (N, M)."""
+        """Rows of the flattened (M·K, D) codebook to sum for each id: int32 (N, M), int64 in ONNX export.
+
+        (The dynamo exporter's `embedding_bag` mixes int32 indices with int64 offsets, which onnxruntime rejects.)
+        """
+        dtype = torch.int64 if torch.onnx.is_in_onnx_export() else torch.int32
         packed = self.packed_codes.index_select(0, flat_ids)
-        codes = unpack_codes(packed, self.num_codebooks, self.codebook_size, torch.int32)
+        codes = unpack_codes(packed, self.num_codebooks, self.codebook_size, dtype)
         offsets = torch.arange(
             0,
             self.num_codebooks * self.codebook_size,
             self.codebook_size,
-            dtype=torch.int32,
+            dtype=dtype,
             device=codes.device,
         )
         return codes + offsets
@@ -184,7 +188,11 @@ class CompressedEmbedding(
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` (1-D int64) as sums of their codewords, the padding row zero."""
         flat_codebook = self.codebook.reshape(-1, self.embedding_dim)
-        rows = F.embedding_bag(self.lookup_indices(ids), flat_codebook, mode="sum")
+        if torch.onnx.is_in_onnx_export():
+            # ONNX has no embedding_bag (exporters emit a Loop over rows); a Gather and a ReduceSum run anywhere.
+            rows = F.embedding(self.lookup_indices(ids), flat_codebook).sum(-2)
+        else:
+            rows = F.embedding_bag(self.lookup_indices(ids), flat_codebook, mode="sum")
         if self.padding_idx is not None:
             rows = rows.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
         return rows
