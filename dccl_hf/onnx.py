@@ -8,6 +8,7 @@ onnxruntime when it is installed: the file must run and reproduce the module's o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -17,8 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dccl_hf.artifacts import LIBRARY_NAME
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.files import sibling_temporary
+from dccl_hf.integration import QUANT_METHOD
 
 logger = logging.getLogger(__name__)
 
@@ -223,3 +226,32 @@ def _named_tensors(output: Any) -> dict[str, torch.Tensor]:
             f"cannot export a module that returns {type(output).__name__}; it must return tensors."
         )
     return {name: value for name, value in items if isinstance(value, torch.Tensor)}
+
+
+def load_compressed(directory: str | os.PathLike[str]) -> nn.Module:
+    """What `dccl-hf export-onnx` exports from a local directory: a `CompressedEmbedding` artifact, or a
+    transformers model saved with compressed embeddings (its class from the config's ``architectures``)."""
+    path = Path(directory)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{path} has no readable config.json ({error}); give a directory saved by dccl_hf."
+        ) from error
+    if isinstance(config, dict) and config.get("library_name") == LIBRARY_NAME:
+        return CompressedEmbedding.from_pretrained(path)
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(quantization, dict) or quantization.get("quant_method") != QUANT_METHOD:
+        raise ValueError(
+            f"{path} is neither a dccl_hf artifact nor a model with dccl-compressed embeddings; compress it "
+            "first (`dccl-hf compress`, or resize_with_codes and save_pretrained)."
+        )
+    import transformers
+
+    architectures = config.get("architectures") or ["AutoModel"]
+    model_class = getattr(transformers, architectures[0], None)
+    if model_class is None:
+        raise ValueError(
+            f"transformers has no model class {architectures[0]!r} (from {path / 'config.json'})."
+        )
+    return model_class.from_pretrained(path)

@@ -167,3 +167,36 @@ def test_a_file_that_does_not_match_pytorch_is_not_written(
     with pytest.raises(ValueError, match="differs from PyTorch"):
         export_onnx(module, tmp_path / "embedding.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_exports_an_artifact_and_a_compressed_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from dccl_hf.cli import main
+
+    module = compressed_embedding(16)
+    module.save_pretrained(tmp_path / "artifact")
+    assert main(["export-onnx", str(tmp_path / "artifact"), "-o", str(tmp_path / "embedding.onnx")]) == 0
+    ids = new_ids()
+    np.testing.assert_allclose(
+        run_onnxruntime(tmp_path / "embedding.onnx", ids), module(ids).detach().numpy(), rtol=0, atol=1e-5
+    )
+
+    model = build_model("llama-tied", 16)
+    model.save_pretrained(tmp_path / "model")
+    arguments = ["export-onnx", str(tmp_path / "model"), "-o", str(tmp_path / "model.onnx"), "--opset", "17"]
+    assert main(arguments) == 0
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    np.testing.assert_allclose(
+        run_onnxruntime(tmp_path / "model.onnx", ids), expected.numpy(), rtol=0, atol=1e-5
+    )
+    assert "Wrote" in capsys.readouterr().out
+
+    assert main(arguments) == 2  # the file exists
+    assert "--overwrite" in capsys.readouterr().err
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "config.json").write_text('{"model_type": "llama"}')
+    assert main(["export-onnx", str(tmp_path / "plain"), "-o", str(tmp_path / "plain.onnx")]) == 2
+    assert "compress it first" in capsys.readouterr().err
+    assert not (tmp_path / "plain.onnx").exists()
