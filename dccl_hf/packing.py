@@ -108,9 +108,10 @@ def unpack_codes(
 def _unpack_with_arithmetic(packed: torch.Tensor, num_codebooks: int, bits: int) -> torch.Tensor:
     """`unpack_codes` (bits != 8) with int32 division, multiplication and subtraction only: int32 (..., M).
 
-    ONNX exporters bind integer shifts and masks to types onnxruntime has no kernel for (uint8/int8
-    `BitwiseAnd`, int32 shifts), while every runtime implements int32 arithmetic; the shift paths stay the
-    eager ones because they are several times faster.
+    ONNX exporters turn the shift-and-mask paths into graphs onnxruntime rejects (`BitwiseAnd` bound to both
+    int8 and uint8) or cannot translate them (shifts on uint8 and int32 with the dynamo exporter, `BitwiseAnd`
+    below opset 18 with the TorchScript one), while every runtime implements int32 arithmetic; the shift
+    paths stay the eager ones because they are four times faster.
     """
     wide = packed.to(torch.int32)
     if bits == 16:
