@@ -174,10 +174,17 @@ class CompressedEmbedding(
         if _graph_capture(flat_ids):
             rows = self._rows(flat_ids)
         else:
-            flat_codebook = self.codebook.reshape(-1, self.embedding_dim)
-            rows = _CodewordSums.apply(
-                flat_codebook, self.lookup_indices(flat_ids), flat_ids, self.padding_idx
-            )
+            distinct_ids, positions = torch.unique(flat_ids, return_inverse=True)
+            training = torch.is_grad_enabled() and self.codebook.requires_grad
+            if not training and distinct_ids.shape[0] * DISTINCT_FRACTION_TO_SPREAD < flat_ids.shape[0]:
+                # Frequent tokens repeat (Zipf's law): sum each distinct row once, then gather it per position.
+                rows = F.embedding(positions, self._rows(distinct_ids))
+            else:
+                flat_codebook = self.codebook.reshape(-1, self.embedding_dim)
+                indices = self.lookup_indices(flat_ids)
+                rows = _CodewordSums.apply(
+                    flat_codebook, indices, flat_ids, distinct_ids, positions, self.padding_idx
+                )
         return rows.reshape(*input_ids.shape, self.embedding_dim)
 
     def reconstruct(self) -> torch.Tensor:
@@ -304,6 +311,12 @@ class CompressedEmbedding(
         )
 
 
+#: Without gradients, rows are decoded once per distinct id and gathered per position when the batch has at least
+#: this many positions per distinct id (a 64×512 batch of text: 4, of uniform ids: 1.6); below it the gather
+#: costs more than the sums it saves.
+DISTINCT_FRACTION_TO_SPREAD = 2
+
+
 def _graph_capture(flat_ids: torch.Tensor) -> bool:
     """Whether the lookup is being captured rather than run: compiled (inductor's backward fails on the
     data-dependent number of distinct ids `_CodewordSums` counts), on meta or fake tensors, under `torch.func`
@@ -322,8 +335,8 @@ class _CodewordSums(torch.autograd.Function):
     flattened (M·K, D) codebook.
 
     Forward: one `embedding_bag` over the positions, written straight into the output (decoding the distinct ids
-    first and spreading their rows to the positions costs a gather as long as `nn.Embedding`'s whole lookup,
-    more than the sums it saves on a 64×512 batch). Backward:
+    first and spreading their rows to the positions adds a gather, which costs the backward more than the sums it
+    saves). Backward:
     text repeats its tokens (Zipf's law), so the output's gradient is first summed per distinct id, then
     accumulated into the codebook as a sparse (codewords × distinct ids) one-hot product, which reads each
     gradient row once (`embedding_bag`'s own backward scatters M copies of every position's gradient).
@@ -335,12 +348,14 @@ class _CodewordSums(torch.autograd.Function):
         table: torch.Tensor,
         indices: torch.Tensor,
         ids: torch.Tensor,
+        distinct_ids: torch.Tensor,
+        positions: torch.Tensor,
         padding_idx: int | None,
     ) -> torch.Tensor:
         rows = F.embedding_bag(indices, table, mode="sum")
         if padding_idx is not None:
             rows.index_fill_(0, (ids == padding_idx).nonzero().squeeze(1), 0.0)
-        ctx.save_for_backward(indices, ids)
+        ctx.save_for_backward(indices, distinct_ids, positions)
         ctx.padding_idx = padding_idx
         ctx.table_rows = table.shape[0]
         return rows
@@ -349,23 +364,22 @@ class _CodewordSums(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> tuple[torch.Tensor, None, None, None]:
-        indices, ids = ctx.saved_tensors
-        distinct_ids, positions = torch.unique(ids, return_inverse=True)
+    ) -> tuple[torch.Tensor, None, None, None, None, None]:
+        indices, distinct_ids, positions = ctx.saved_tensors
         grad_rows = grad.new_zeros(distinct_ids.shape[0], grad.shape[1]).index_add_(0, positions, grad)
         if ctx.padding_idx is not None:
             grad_rows.index_fill_(0, (distinct_ids == ctx.padding_idx).nonzero().squeeze(1), 0.0)
         # One position of each distinct id (any: they share their codes) gives its row of indices.
         first = torch.empty_like(distinct_ids).scatter_(
-            0, positions, torch.arange(ids.shape[0], device=ids.device)
+            0, positions, torch.arange(positions.shape[0], device=positions.device)
         )
         distinct_indices = indices.index_select(0, first)
         num_distinct, num_codebooks = distinct_indices.shape
-        columns = torch.arange(num_distinct, device=ids.device).repeat_interleave(num_codebooks)
+        columns = torch.arange(num_distinct, device=positions.device).repeat_interleave(num_codebooks)
         one_hot = torch.sparse_coo_tensor(
             torch.stack([distinct_indices.reshape(-1).to(torch.int64), columns]),
             grad.new_ones(num_distinct * num_codebooks),
             (ctx.table_rows, num_distinct),
             check_invariants=False,
         )
-        return torch.sparse.mm(one_hot, grad_rows), None, None, None
+        return torch.sparse.mm(one_hot, grad_rows), None, None, None, None, None

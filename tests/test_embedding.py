@@ -203,3 +203,15 @@ def test_gradient_matches_autograd_of_the_plain_codeword_sum(codebook_size: int)
     (plain * upstream).sum().backward()
     torch.testing.assert_close(output, plain)
     torch.testing.assert_close(gradient, module.codebook.grad)
+
+
+def test_inference_on_repeated_ids_decodes_each_distinct_id_once_with_the_same_result() -> None:
+    codes = torch.randint(16, (30, 4), generator=torch.Generator().manual_seed(0))
+    codebook = torch.randn(4, 16, 6, generator=torch.Generator().manual_seed(1))
+    module = CompressedEmbedding.from_codes(codes, codebook, padding_idx=2)
+    ids = torch.tensor([[2, 5, 5, 5, 7, 7], [5, 2, 7, 7, 5, 5]])  # 3 distinct ids in 12 positions
+    expected = naive_lookup(codes, codebook, ids)
+    expected[ids == 2] = 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(module(ids), expected)
+    torch.testing.assert_close(module(ids).detach(), expected)
