@@ -176,7 +176,7 @@ class CompressedEmbedding(
         else:
             distinct_ids, positions = torch.unique(flat_ids, return_inverse=True)
             training = torch.is_grad_enabled() and self.codebook.requires_grad
-            if not training and distinct_ids.shape[0] * DISTINCT_FRACTION_TO_SPREAD < flat_ids.shape[0]:
+            if not training and distinct_ids.shape[0] * MIN_POSITIONS_PER_DISTINCT_ID <= flat_ids.shape[0]:
                 # Frequent tokens repeat (Zipf's law): sum each distinct row once, then gather it per position.
                 rows = F.embedding(positions, self._rows(distinct_ids))
             else:
@@ -314,7 +314,7 @@ class CompressedEmbedding(
 #: Without gradients, rows are decoded once per distinct id and gathered per position when the batch has at least
 #: this many positions per distinct id (a 64×512 batch of text: 4, of uniform ids: 1.6); below it the gather
 #: costs more than the sums it saves.
-DISTINCT_FRACTION_TO_SPREAD = 2
+MIN_POSITIONS_PER_DISTINCT_ID = 2
 
 
 def _graph_capture(flat_ids: torch.Tensor) -> bool:
