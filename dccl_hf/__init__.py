@@ -8,6 +8,7 @@ from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.integration import lazy_attributes, register_when_transformers_loads
 from dccl_hf.learning import compress
 from dccl_hf.metrics import ReconstructionReport, reconstruction_report
+from dccl_hf.onnx import export_onnx
 from dccl_hf.packing import pack_codes, unpack_codes
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ __all__ = [
     "ReconstructionReport",
     "__version__",
     "compress",
+    "export_onnx",
     "pack_codes",
     "reconstruction_report",
     "resize_with_codes",

@@ -1,4 +1,5 @@
-"""The `dccl-hf` command: compress an embedding table, evaluate, export/import reference files, push to the Hub."""
+"""The `dccl-hf` command: compress an embedding table, evaluate, export/import reference files, export ONNX, push
+to the Hub."""
 
 from __future__ import annotations
 
@@ -94,6 +95,16 @@ examples:
 
 Reads PREFIX.codes and PREFIX.codebook.npy and writes a dccl_hf artifact (plus vocab.txt when the codes file has
 words). K is the codebook rows divided by the codes per line unless --codebook-size is given.
+"""
+
+EXPORT_ONNX_EXAMPLES = """\
+examples:
+  dccl-hf export-onnx glove-m32k16 -o glove.onnx
+  dccl-hf export-onnx my-compressed-model -o model.onnx --opset 17 --exporter torchscript
+
+Writes an ONNX file of a dccl_hf artifact (input input_ids, output embeddings) or of a transformers model saved
+with compressed embeddings (inputs input_ids and attention_mask), codes packed, batch and sequence dynamic. The
+file is checked with onnxruntime when it is installed (pip install "dccl-hf[onnx]").
 """
 
 PUSH_EXAMPLES = """\
@@ -318,6 +329,25 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
         "--padding-idx", type=int, metavar="ROW", help="row of the padding token, if the table has one"
     )
     import_.add_argument("--overwrite", action="store_true", help="replace an artifact already in OUTDIR")
+
+    export_onnx = add_command(
+        "export-onnx",
+        "Write an artifact or a compressed transformers model as an ONNX file.",
+        EXPORT_ONNX_EXAMPLES,
+        _export_onnx,
+    )
+    export_onnx.add_argument("source", metavar="DIR", help="an artifact or a compressed model directory")
+    export_onnx.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
+    export_onnx.add_argument(
+        "--exporter",
+        choices=("dynamo", "torchscript"),
+        default="dynamo",
+        help="PyTorch's exporter (default: %(default)s)",
+    )
+    export_onnx.add_argument(
+        "--opset", type=int, default=18, help="ONNX opset version (default: %(default)s)"
+    )
+    export_onnx.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
 
     push = add_command(
         "push", "Upload an artifact directory to a Hugging Face Hub model repository.", PUSH_EXAMPLES, _push
@@ -719,6 +749,18 @@ def _export(args: argparse.Namespace) -> int:
     words = None if args.no_words else load_vocab(args.artifact)
     codes_path, codebook_path = save_reference(module, prefix, words=words)
     print(f"Wrote {codes_path} ({'with' if words is not None else 'without'} words) and {codebook_path}")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from dccl_hf.onnx import export_onnx, load_compressed
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise ValueError(f"{output} already exists; pass --overwrite to replace it, or choose another -o.")
+    model = load_compressed(args.source)
+    path = export_onnx(model, output, dynamo=args.exporter == "dynamo", opset_version=args.opset)
+    print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

@@ -179,14 +179,18 @@ class CompressedEmbedding(
         return self.dense_bytes / (self.code_bytes + self.codebook_bytes)
 
     def lookup_indices(self, flat_ids: torch.Tensor) -> torch.Tensor:
-        """Rows of the flattened (M·K, D) codebook to sum for each id: int32 (N, M)."""
+        """Rows of the flattened (M·K, D) codebook to sum for each id: int32 (N, M), int64 in ONNX export.
+
+        (The dynamo exporter's `embedding_bag` mixes int32 indices with int64 offsets, which onnxruntime rejects.)
+        """
+        dtype = torch.int64 if torch.onnx.is_in_onnx_export() else torch.int32
         packed = self.packed_codes.index_select(0, flat_ids)
-        codes = unpack_codes(packed, self.num_codebooks, self.codebook_size, torch.int32)
+        codes = unpack_codes(packed, self.num_codebooks, self.codebook_size, dtype)
         offsets = torch.arange(
             0,
             self.num_codebooks * self.codebook_size,
             self.codebook_size,
-            dtype=torch.int32,
+            dtype=dtype,
             device=codes.device,
         )
         return codes + offsets
@@ -196,14 +200,20 @@ class CompressedEmbedding(
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.dtype.is_complex:
             raise TypeError(f"input ids must be an integer tensor, got {input_ids.dtype}.")
         flat_ids = input_ids.reshape(-1).to(torch.int64)
-        distinct = _distinct(flat_ids)
-        if distinct is None:
+        if _graph_capture(flat_ids):
             rows = self._rows(flat_ids)
         else:
-            # Batches of text repeat tokens (Zipf's law): each distinct row is summed from its codewords once,
-            # and in training the codebook's gradient is accumulated over distinct rows, not every position.
-            distinct_ids, positions = distinct
-            rows = F.embedding(positions, self._rows(distinct_ids))
+            distinct_ids, positions = torch.unique(flat_ids, return_inverse=True)
+            training = torch.is_grad_enabled() and self.codebook.requires_grad
+            if not training and distinct_ids.shape[0] * MIN_POSITIONS_PER_DISTINCT_ID <= flat_ids.shape[0]:
+                # Frequent tokens repeat (Zipf's law): sum each distinct row once, then gather it per position.
+                rows = F.embedding(positions, self._rows(distinct_ids))
+            else:
+                flat_codebook = self.codebook.reshape(-1, self.embedding_dim)
+                indices = self.lookup_indices(flat_ids)
+                rows = _CodewordSums.apply(
+                    flat_codebook, indices, flat_ids, distinct_ids, positions, self.padding_idx
+                )
         return rows.reshape(*input_ids.shape, self.embedding_dim)
 
     def reconstruct(self) -> torch.Tensor:
@@ -213,7 +223,11 @@ class CompressedEmbedding(
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows `ids` (1-D int64) as sums of their codewords, the padding row zero."""
         flat_codebook = self.codebook.reshape(-1, self.embedding_dim)
-        rows = F.embedding_bag(self.lookup_indices(ids), flat_codebook, mode="sum")
+        if torch.onnx.is_in_onnx_export():
+            # ONNX has no embedding_bag (exporters emit a Loop over rows); a Gather and a ReduceSum run anywhere.
+            rows = F.embedding(self.lookup_indices(ids), flat_codebook).sum(-2)
+        else:
+            rows = F.embedding_bag(self.lookup_indices(ids), flat_codebook, mode="sum")
         if self.padding_idx is not None:
             rows = rows.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
         return rows
@@ -329,15 +343,75 @@ class CompressedEmbedding(
         )
 
 
-def _distinct(flat_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The distinct ids of `flat_ids` and each position's index among them, or None where the number of distinct
-    ids cannot be known: it is data-dependent, which compilation (inductor's backward fails on it), meta and fake
-    tensors and `torch.func` transforms (vmap) do not support; there every position is summed from its codewords."""
-    if (
+#: Without gradients, rows are decoded once per distinct id and gathered per position when the batch has at least
+#: this many positions per distinct id (a 64×512 batch of text: 4, of uniform ids: 1.6); below it the gather
+#: costs more than the sums it saves.
+MIN_POSITIONS_PER_DISTINCT_ID = 2
+
+
+def _graph_capture(flat_ids: torch.Tensor) -> bool:
+    """Whether the lookup is being captured rather than run: compiled (inductor's backward fails on the
+    data-dependent number of distinct ids `_CodewordSums` counts), on meta or fake tensors, under `torch.func`
+    transforms (vmap) or exported to ONNX. There rows are plain `embedding_bag` sums, differentiated by autograd."""
+    return (
         torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
         or flat_ids.device.type == "meta"
         or is_fake(flat_ids)
         or torch._C._are_functorch_transforms_active()
-    ):
-        return None
-    return torch.unique(flat_ids, return_inverse=True)
+    )
+
+
+class _CodewordSums(torch.autograd.Function):
+    """``rows[n] = Σ_m table[indices[n, m]]``, zero where ``ids[n]`` is the padding id; `table` is the
+    flattened (M·K, D) codebook.
+
+    Forward: one `embedding_bag` over the positions, written straight into the output (decoding the distinct ids
+    first and spreading their rows to the positions adds a gather, which costs the backward more than the sums it
+    saves). Backward:
+    text repeats its tokens (Zipf's law), so the output's gradient is first summed per distinct id, then
+    accumulated into the codebook as a sparse (codewords × distinct ids) one-hot product, which reads each
+    gradient row once (`embedding_bag`'s own backward scatters M copies of every position's gradient).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        table: torch.Tensor,
+        indices: torch.Tensor,
+        ids: torch.Tensor,
+        distinct_ids: torch.Tensor,
+        positions: torch.Tensor,
+        padding_idx: int | None,
+    ) -> torch.Tensor:
+        rows = F.embedding_bag(indices, table, mode="sum")
+        if padding_idx is not None:
+            rows.index_fill_(0, (ids == padding_idx).nonzero().squeeze(1), 0.0)
+        ctx.save_for_backward(indices, distinct_ids, positions)
+        ctx.padding_idx = padding_idx
+        ctx.table_rows = table.shape[0]
+        return rows
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None, None, None]:
+        indices, distinct_ids, positions = ctx.saved_tensors
+        grad_rows = grad.new_zeros(distinct_ids.shape[0], grad.shape[1]).index_add_(0, positions, grad)
+        if ctx.padding_idx is not None:
+            grad_rows.index_fill_(0, (distinct_ids == ctx.padding_idx).nonzero().squeeze(1), 0.0)
+        # One position of each distinct id (any: they share their codes) gives its row of indices.
+        first = torch.empty_like(distinct_ids).scatter_(
+            0, positions, torch.arange(positions.shape[0], device=positions.device)
+        )
+        distinct_indices = indices.index_select(0, first)
+        num_distinct, num_codebooks = distinct_indices.shape
+        columns = torch.arange(num_distinct, device=positions.device).repeat_interleave(num_codebooks)
+        one_hot = torch.sparse_coo_tensor(
+            torch.stack([distinct_indices.reshape(-1).to(torch.int64), columns]),
+            grad.new_ones(num_distinct * num_codebooks),
+            (ctx.table_rows, num_distinct),
+            check_invariants=False,
+        )
+        return torch.sparse.mm(one_hot, grad_rows), None, None, None, None, None

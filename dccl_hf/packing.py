@@ -2,11 +2,13 @@
 
 Code m of a row occupies bits [m·b, (m+1)·b) of the row's little-endian bit stream (b = log2 K), so byte j holds
 bits [8j, 8j+8). Packing is what makes compressed tables small in memory and on disk; unpacking runs in the
-forward pass on the looked-up rows only, so the common widths (1, 2, 4, 8, 16 bits) have shift-only fast paths.
+forward pass on the looked-up rows only, so the common widths (1, 2, 4, 8, 16 bits) have shift-only fast paths;
+under ONNX export the same layout is read with int32 arithmetic, which every runtime implements.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -88,13 +90,12 @@ def unpack_codes(
         )
     if bits == 8:
         return packed.to(dtype)
+    if bits == 16 or torch.onnx.is_in_onnx_export():
+        return _unpack_with_arithmetic(packed, num_codebooks, bits).to(dtype)
     if 8 % bits == 0:
         mask = codebook_size - 1
         fields = [(packed >> shift) & mask for shift in range(0, 8, bits)]
         return torch.stack(fields, dim=-1).flatten(-2)[..., :num_codebooks].to(dtype)
-    if bits == 16:
-        wide = packed.to(torch.int32)
-        return (wide[..., 0::2] | (wide[..., 1::2] << 8)).to(dtype)
     wide = packed.to(torch.int32)
     stream = ((wide.unsqueeze(-1) >> torch.arange(8, device=packed.device, dtype=torch.int32)) & 1).flatten(
         -2
@@ -102,3 +103,26 @@ def unpack_codes(
     stream = stream[..., : num_codebooks * bits].unflatten(-1, (num_codebooks, bits))
     weights = torch.arange(bits, device=packed.device, dtype=torch.int32)
     return (stream << weights).sum(-1, dtype=torch.int32).to(dtype)
+
+
+def _unpack_with_arithmetic(packed: torch.Tensor, num_codebooks: int, bits: int) -> torch.Tensor:
+    """`unpack_codes` (bits != 8) with int32 division, multiplication and subtraction only: int32 (..., M).
+
+    ONNX exporters turn the shift-and-mask paths into graphs onnxruntime rejects (`BitwiseAnd` bound to both
+    int8 and uint8) or cannot translate them (shifts on uint8 and int32 with the dynamo exporter, `BitwiseAnd`
+    below opset 18 with the TorchScript one), while every runtime implements int32 arithmetic; the shift
+    paths stay the eager ones because they are four times faster.
+    """
+    wide = packed.to(torch.int32)
+    if bits == 16:
+        return wide[..., 0::2] + wide[..., 1::2] * 256
+    step = bits if 8 % bits == 0 else 1
+    # quotients[j] = byte // 2^(j·step); field j of the byte is quotients[j] - quotients[j + 1]·2^step.
+    quotients = [wide] + [wide // (1 << shift) for shift in range(step, 8, step)]
+    fields = [low - high * (1 << step) for low, high in itertools.pairwise(quotients)] + [quotients[-1]]
+    stream = torch.stack(fields, dim=-1).flatten(-2)
+    if step == bits:
+        return stream[..., :num_codebooks]
+    stream = stream[..., : num_codebooks * bits].unflatten(-1, (num_codebooks, bits))
+    weights = 2 ** torch.arange(bits, device=packed.device, dtype=torch.int32)
+    return (stream * weights).sum(-1, dtype=torch.int32)

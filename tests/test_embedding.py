@@ -181,3 +181,37 @@ def test_half_precision_codebook() -> None:
     torch.testing.assert_close(
         output.float(), naive_lookup(codes, codebook, torch.arange(40)), atol=0.1, rtol=0.05
     )
+
+
+@pytest.mark.parametrize("codebook_size", [2, 16, 256, 4096])
+def test_gradient_matches_autograd_of_the_plain_codeword_sum(codebook_size: int) -> None:
+    """The lookup's own backward (gradients summed per distinct id, then a sparse one-hot product) equals
+    autograd through `embedding_bag` on every position, padding row and repeated ids included."""
+    generator = torch.Generator().manual_seed(codebook_size)
+    codes = torch.randint(codebook_size, (40, 5), generator=generator)
+    codebook = torch.randn(5, codebook_size, 6, generator=generator, dtype=torch.float64)
+    module = CompressedEmbedding.from_codes(codes, codebook, padding_idx=4)
+    ids = torch.randint(40, (3, 50), generator=generator)
+    ids[0, :3] = 4
+    upstream = torch.randn(3, 50, 6, generator=generator, dtype=torch.float64)
+    output = module(ids)
+    (output * upstream).sum().backward()
+    gradient, module.codebook.grad = module.codebook.grad, None
+    with torch.no_grad():
+        assert torch.count_nonzero(output[0, :3]) == 0
+    plain = module._rows(ids.reshape(-1)).reshape(3, 50, 6)  # autograd's embedding_bag backward
+    (plain * upstream).sum().backward()
+    torch.testing.assert_close(output, plain)
+    torch.testing.assert_close(gradient, module.codebook.grad)
+
+
+def test_inference_on_repeated_ids_decodes_each_distinct_id_once_with_the_same_result() -> None:
+    codes = torch.randint(16, (30, 4), generator=torch.Generator().manual_seed(0))
+    codebook = torch.randn(4, 16, 6, generator=torch.Generator().manual_seed(1))
+    module = CompressedEmbedding.from_codes(codes, codebook, padding_idx=2)
+    ids = torch.tensor([[2, 5, 5, 5, 7, 7], [5, 2, 7, 7, 5, 5]])  # 3 distinct ids in 12 positions
+    expected = naive_lookup(codes, codebook, ids)
+    expected[ids == 2] = 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(module(ids), expected)
+    torch.testing.assert_close(module(ids).detach(), expected)

@@ -70,3 +70,21 @@ def test_wrong_packed_width_or_dtype_is_rejected() -> None:
         unpack_codes(torch.zeros(4, 16, dtype=torch.int64), 32, 16)
     with pytest.raises(TypeError, match="integer"):
         pack_codes(torch.zeros(4, 3), 16)
+
+
+@pytest.mark.parametrize("codebook_size", CODEBOOK_SIZES)
+def test_onnx_export_unpacks_with_arithmetic_only(
+    codebook_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exporters bind bit operations to types onnxruntime lacks kernels for; the export path uses none."""
+    codes = torch.randint(codebook_size, (5, 7), generator=torch.Generator().manual_seed(codebook_size))
+    packed = pack_codes(codes, codebook_size)
+
+    def no_bit_operations(*args: object) -> None:
+        raise AssertionError("a bit operation was used while exporting to ONNX")
+
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    for operation in ("__and__", "__or__", "__rshift__", "__lshift__"):
+        monkeypatch.setattr(torch.Tensor, operation, no_bit_operations)
+    assert torch.equal(unpack_codes(packed, 7, codebook_size, torch.int32), codes.int())
+    assert torch.equal(unpack_codes(packed, 7, codebook_size), codes)
