@@ -25,8 +25,10 @@ from dccl_hf.fidelity.calibration import (
     Calibration,
     Tokenizer,
     calibration_texts,
+    token_counts,
 )
 from dccl_hf.fidelity.distill import distill_codebook
+from dccl_hf.fidelity.head import DEFAULT_FLOOR, head_second_moment, tied_head_weights
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 from dccl_hf.integration import QUANT_METHOD
 from dccl_hf.integration.config import DcclConfig
@@ -66,11 +68,14 @@ def resize_with_codes(
 
     With a `calibration` corpus (texts, a text file, or token counts) and the model's `tokenizer`, rows are
     weighted by token frequency (`dccl_hf.fidelity.row_weights_from_calibration`). When texts are given, the
-    codes are learned under the model's sensitivity to its input embeddings measured on them
-    (`dccl_hf.fidelity.embedding_sensitivity`; on by default unless the head is tied to the embeddings, whose
-    logits read the table differently; `sensitivity=False` skips it, `sensitivity_options` go to it), and the
-    codebook is then distilled against a frozen copy of the original model on them (`distill=False` skips it;
-    `distill_options` go to `dccl_hf.fidelity.distill_codebook`). Distillation holds both models in memory.
+    codes are learned under what the model sees of the table's error, measured on them (`sensitivity=False`
+    skips it, `sensitivity_options` go to the measurement): for untied embeddings the model's sensitivity to
+    its input embeddings (`dccl_hf.fidelity.embedding_sensitivity`); for a head tied to them, which reads every
+    row at every position, the second moment of the hidden states the head receives
+    (`dccl_hf.fidelity.head_second_moment`), every row weighted by a floor plus its frequency
+    (`dccl_hf.fidelity.tied_head_weights`, ``sensitivity_options={"floor": ...}``). The codebook is then
+    distilled against a frozen copy of the original model on them (`distill=False` skips it; `distill_options`
+    go to `dccl_hf.fidelity.distill_codebook`). Distillation holds both models in memory.
 
     - ``resize_with_codes(model, M, K, **compress_options)`` learns codes from the model's own embedding matrix
       with `dccl_hf.compress` (options such as ``weights``, ``seed``, ``time_budget`` go to it);
@@ -128,18 +133,16 @@ def resize_with_codes(
                 "calibration": calibration if texts is None else texts,
             }
         if sensitivity is None:
-            head = model.get_output_embeddings()
-            sensitivity = texts is not None and not (
-                head is not None and _is_tied(model, head, current, _module_names(model))
-            )
+            sensitivity = texts is not None
         if sensitivity:
             if texts is None or tokenizer is None or "metric" in compress_options:
                 raise ValueError(
                     "sensitivity=True measures the model on calibration texts: pass tokenizer=... and "
                     "calibration=[...texts], and no metric=."
                 )
-            options = {"progress": compress_options.get("progress", True)} | (sensitivity_options or {})
-            compress_options["metric"] = embedding_sensitivity(model, tokenizer, texts, **options)
+            compress_options |= _sensitivity_options(
+                model, current, tokenizer, texts, compress_options, sensitivity_options
+            )
         compress_options.setdefault("padding_idx", getattr(current, "padding_idx", None))
         compressed = compress(dense.detach(), num_codebooks, codebook_size, **compress_options)
     if distill is None:
@@ -166,6 +169,40 @@ def resize_with_codes(
     if metrics is not None:
         config.reconstruction = metrics
     return compressed
+
+
+def _sensitivity_options(
+    model: PreTrainedModel,
+    current: nn.Module,
+    tokenizer: Tokenizer,
+    texts: list[str],
+    compress_options: dict[str, Any],
+    sensitivity_options: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The `compress` options that learn the table under what the model sees of its error.
+
+    Untied: the metric of the model's sensitivity to its input embeddings (`embedding_sensitivity`), rows
+    weighted by frequency. A head tied to the table reads every row at every position: the metric is the second
+    moment of the hidden states the head receives (`head_second_moment`) and every row gets a floor weight
+    beside its frequency (`tied_head_weights`; ``sensitivity_options={"floor": ...}`` sets it, the other
+    options go to `head_second_moment`).
+    """
+    options = {"progress": compress_options.get("progress", True)} | (sensitivity_options or {})
+    head = model.get_output_embeddings()
+    if head is None or not _is_tied(model, head, current, _module_names(model)):
+        return {"metric": embedding_sensitivity(model, tokenizer, texts, **options)}
+    if "weights" in compress_options:
+        raise TypeError("For a tied head, row weights come from the calibration texts: pass no weights=.")
+    floor = options.pop("floor", DEFAULT_FLOOR)
+    counts = token_counts(tokenizer, texts, _dense_weight(current).shape[0], progress=options["progress"])
+    result = {
+        "metric": head_second_moment(model, tokenizer, texts, **options),
+        "weights": tied_head_weights(counts, floor=floor),
+        "calibration": None,
+    }
+    if compress_options.get("method", "additive") == "additive":
+        result["objective"] = compress_options.get("objective", "squared")  # as calibration weights get it
+    return result
 
 
 def compress_modules(model: PreTrainedModel, compressed: CompressedEmbedding) -> DcclConfig:
