@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -314,7 +315,21 @@ def main() -> None:
     parser.add_argument(
         "--output", default=str(RESULTS / "perplexity"), help="writes OUTPUT.txt and OUTPUT.png"
     )
+    parser.add_argument(
+        "--combine", nargs="*", default=None, help="OUTPUT.json files of earlier runs: one table and plot"
+    )
     args = parser.parse_args()
+    if args.combine:
+        parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.combine]
+        header_lines = [f"# combined: python benchmarks/perplexity.py {' '.join(sys.argv[1:])}"]
+        header_lines += [line for part in parts for line in part["header"]]
+        write(
+            Path(args.output),
+            header_lines,
+            parts[0]["names"],
+            [row for part in parts for row in part["rows"]],
+        )
+        return
     args.model = args.model or default_model()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -325,19 +340,30 @@ def main() -> None:
         num_codebooks, codebook_size = (int(value) for value in setting.lower().split("x"))
         run.codes(num_codebooks, codebook_size)
     names = [name for name, _ in run.held_out]
-    lines = [
+    header_lines = [
         *header(args, load_before),
         "# original perplexity: "
         + ", ".join(
             f"{name} {math.exp(value):.3f}" for name, value in zip(names, run.reference, strict=True)
         ),
-        f"# ratio columns: {' / '.join(names)}; seconds: the compression call (codes, weighting, distillation)",
-        *(format_row(row) for row in run.rows),
     ]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(
+        json.dumps({"header": header_lines, "names": names, "rows": run.rows}, indent=1), encoding="utf-8"
+    )
+    write(output, header_lines, names, run.rows)
+
+
+def write(output: Path, header_lines: list[str], names: list[str], rows: list[dict[str, object]]) -> None:
+    """OUTPUT.txt (the header and one line per table) and OUTPUT.png (ratio against stored MB)."""
+    lines = [
+        *header_lines,
+        f"# ratio columns: {' / '.join(names)}; seconds: the compression call (codes, weighting, distillation)",
+        *(format_row(row) for row in rows),
+    ]
     output.with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    plot(run.rows, names, output.with_suffix(".png"))
+    plot(rows, names, output.with_suffix(".png"))
     print("\n".join(lines))
 
 
