@@ -156,3 +156,34 @@ def test_tied_heads_measure_the_head_untied_ones_the_input_sensitivity(
         tiny_llama(len(tokenizer)).resize_with_codes(
             2, 4, tokenizer=tokenizer, calibration=calibration, weights=torch.ones(len(tokenizer)), **options
         )
+
+
+def test_a_tied_head_is_distilled_on_logits_within_time_budgets_by_default(
+    tokenizer: BertTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, dict[str, object]] = {}
+    real_compress, real_distill = integration_model.compress, integration_model.distill_codebook
+
+    def compress_spy(*args: object, **options: object) -> object:
+        seen["compress"] = options
+        return real_compress(*args, **{**options, "time_budget": None})
+
+    def distill_spy(*args: object, **options: object) -> object:
+        seen["distill"] = options
+        return real_distill(*args, **{**options, "time_budget": None, "steps": 1})
+
+    monkeypatch.setattr(integration_model, "compress", compress_spy)
+    monkeypatch.setattr(integration_model, "distill_codebook", distill_spy)
+    calibration = word_sentences(WORDS, 20, seed=4)
+    options = {"seed": 0, "max_iterations": 1, "progress": False}
+    tiny_llama(len(tokenizer)).resize_with_codes(2, 4, tokenizer=tokenizer, calibration=calibration, **options)
+    assert seen["compress"]["time_budget"] == integration_model.TIED_HEAD_COMPRESS_BUDGET
+    assert seen["distill"] == integration_model.TIED_HEAD_DISTILLATION
+    tiny_llama(len(tokenizer)).resize_with_codes(
+        2, 4, tokenizer=tokenizer, calibration=calibration, distill_options={"steps": 1}, **options
+    )
+    assert seen["distill"] == {"loss": "logits", "batch_size": 8, "steps": 1}  # steps replace the time budget
+    tiny_llama(len(tokenizer), tied=False).resize_with_codes(
+        2, 4, tokenizer=tokenizer, calibration=calibration, **options
+    )
+    assert "time_budget" not in seen["compress"] and seen["distill"] == {}  # untied: the encoders' defaults
