@@ -176,7 +176,9 @@ def test_a_tied_head_is_distilled_on_logits_within_time_budgets_by_default(
     monkeypatch.setattr(integration_model, "distill_codebook", distill_spy)
     calibration = word_sentences(WORDS, 20, seed=4)
     options = {"seed": 0, "max_iterations": 1, "progress": False}
-    tiny_llama(len(tokenizer)).resize_with_codes(2, 4, tokenizer=tokenizer, calibration=calibration, **options)
+    tiny_llama(len(tokenizer)).resize_with_codes(
+        2, 4, tokenizer=tokenizer, calibration=calibration, **options
+    )
     assert seen["compress"]["time_budget"] == integration_model.TIED_HEAD_COMPRESS_BUDGET
     assert seen["distill"] == integration_model.TIED_HEAD_DISTILLATION
     tiny_llama(len(tokenizer)).resize_with_codes(
@@ -186,4 +188,5 @@ def test_a_tied_head_is_distilled_on_logits_within_time_budgets_by_default(
     tiny_llama(len(tokenizer), tied=False).resize_with_codes(
         2, 4, tokenizer=tokenizer, calibration=calibration, **options
     )
-    assert "time_budget" not in seen["compress"] and seen["distill"] == {}  # untied: the encoders' defaults
+    assert "time_budget" not in seen["compress"]  # untied: the encoders' defaults
+    assert seen["distill"] == {}
