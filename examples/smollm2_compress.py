@@ -77,13 +77,20 @@ def continuation(model: PreTrainedModel, tokenizer: object, prompt: str, tokens:
 
 @torch.no_grad()
 def reloads_identically(model: PreTrainedModel, window: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Save `model` in `dtype`, reload it with `from_pretrained`; whether the logits are bit-identical."""
-    model = copy.deepcopy(model).to(dtype)
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
-        size = sum(path.stat().st_size for path in Path(folder).glob("*.safetensors"))
-        same = torch.equal(model(input_ids=window).logits, reloaded(input_ids=window).logits)
+    """Save `model`, reload it in `dtype` with `from_pretrained`, save that and reload it again: whether the two
+    loaded models give bit-identical logits (and, in float32, the same logits as `model`). `from_pretrained` is
+    the reference for a lower precision because `model.to(dtype)` also casts buffers that loading keeps in
+    float32 (rotary frequencies)."""
+    with tempfile.TemporaryDirectory() as first, tempfile.TemporaryDirectory() as second:
+        model.save_pretrained(first)
+        loaded = AutoModelForCausalLM.from_pretrained(first, dtype=dtype).eval()
+        loaded.save_pretrained(second)
+        reloaded = AutoModelForCausalLM.from_pretrained(second, dtype=dtype).eval()
+        size = sum(path.stat().st_size for path in Path(second).glob("*.safetensors"))
+        logits = loaded(input_ids=window).logits
+        same = torch.equal(logits, reloaded(input_ids=window).logits)
+        if dtype == torch.float32:
+            same = same and torch.equal(logits, model(input_ids=window).logits)
     print(f"saved in {dtype}: {size / 1e6:.1f} MB of weights; reloaded logits identical: {same}")
     return same
 
