@@ -11,6 +11,7 @@ from dccl_hf.fidelity.calibration import (
     zipf_weights,
 )
 from dccl_hf.fidelity.distill import DistillationReport, distill_codebook
+from dccl_hf.fidelity.head import head_second_moment, tied_head_weights
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "calibration_texts",
     "distill_codebook",
     "embedding_sensitivity",
+    "head_second_moment",
     "row_weights_from_calibration",
+    "tied_head_weights",
     "token_counts",
     "weights_from_counts",
     "word_counts",

@@ -25,8 +25,10 @@ from dccl_hf.fidelity.calibration import (
     Calibration,
     Tokenizer,
     calibration_texts,
+    token_counts,
 )
 from dccl_hf.fidelity.distill import distill_codebook
+from dccl_hf.fidelity.head import DEFAULT_FLOOR, head_second_moment, tied_head_weights
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 from dccl_hf.integration import QUANT_METHOD
 from dccl_hf.integration.config import DcclConfig
@@ -43,6 +45,15 @@ logger = logging.getLogger(__name__)
 
 #: Beam width used to encode the mean embedding for rows added by `new_num_tokens`.
 MEAN_ROW_BEAM = 16
+
+#: Seconds of code learning for a tied head calibrated on texts, unless `time_budget` is given: the table of a
+#: small LM (SmolLM2-135M: 49,152×576 at M=128, K=16) is learned in minutes on 2 CPU cores, and the whole call
+#: (head metric, codes, distillation) stays within about 20 minutes there.
+TIED_HEAD_COMPRESS_BUDGET = 600.0
+#: Distillation defaults for a tied head: its error shows in the logits only, so the loss is the KL divergence of
+#: the next-token distributions; batches are small because every token carries a vocabulary of logits, and the
+#: run is held to a time budget (unless `steps` or `time_budget` are given).
+TIED_HEAD_DISTILLATION: dict[str, Any] = {"loss": "logits", "batch_size": 8, "time_budget": 300.0}
 
 #: Reconstruction figures kept in the quantization config (and shown on the model card).
 METRIC_KEYS = ("mean_euclidean_distance", "max_distance", "relative_squared_error", "mean_cosine_similarity")
@@ -66,11 +77,14 @@ def resize_with_codes(
 
     With a `calibration` corpus (texts, a text file, or token counts) and the model's `tokenizer`, rows are
     weighted by token frequency (`dccl_hf.fidelity.row_weights_from_calibration`). When texts are given, the
-    codes are learned under the model's sensitivity to its input embeddings measured on them
-    (`dccl_hf.fidelity.embedding_sensitivity`; on by default unless the head is tied to the embeddings, whose
-    logits read the table differently; `sensitivity=False` skips it, `sensitivity_options` go to it), and the
-    codebook is then distilled against a frozen copy of the original model on them (`distill=False` skips it;
-    `distill_options` go to `dccl_hf.fidelity.distill_codebook`). Distillation holds both models in memory.
+    codes are learned under what the model sees of the table's error, measured on them (`sensitivity=False`
+    skips it, `sensitivity_options` go to the measurement): for untied embeddings the model's sensitivity to
+    its input embeddings (`dccl_hf.fidelity.embedding_sensitivity`); for a head tied to them, which reads every
+    row at every position, the second moment of the hidden states the head receives
+    (`dccl_hf.fidelity.head_second_moment`), every row weighted by a floor plus its frequency
+    (`dccl_hf.fidelity.tied_head_weights`, ``sensitivity_options={"floor": ...}``). The codebook is then
+    distilled against a frozen copy of the original model on them (`distill=False` skips it; `distill_options`
+    go to `dccl_hf.fidelity.distill_codebook`). Distillation holds both models in memory.
 
     - ``resize_with_codes(model, M, K, **compress_options)`` learns codes from the model's own embedding matrix
       with `dccl_hf.compress` (options such as ``weights``, ``seed``, ``time_budget`` go to it);
@@ -89,6 +103,8 @@ def resize_with_codes(
         raise ValueError(f"{type(model).__name__} has no input embeddings (get_input_embeddings() is None).")
     dense = None if isinstance(current, CompressedEmbedding) else _dense_weight(current)
     texts = calibration_texts(calibration) if calibration is not None else None
+    head = model.get_output_embeddings()
+    head_is_tied = head is not None and _is_tied(model, head, current, _module_names(model))
     # Options that only mean something when new codes are learned here.
     learning_only = sorted(compress_options) + [
         name
@@ -128,18 +144,18 @@ def resize_with_codes(
                 "calibration": calibration if texts is None else texts,
             }
         if sensitivity is None:
-            head = model.get_output_embeddings()
-            sensitivity = texts is not None and not (
-                head is not None and _is_tied(model, head, current, _module_names(model))
-            )
+            sensitivity = texts is not None
         if sensitivity:
             if texts is None or tokenizer is None or "metric" in compress_options:
                 raise ValueError(
                     "sensitivity=True measures the model on calibration texts: pass tokenizer=... and "
                     "calibration=[...texts], and no metric=."
                 )
-            options = {"progress": compress_options.get("progress", True)} | (sensitivity_options or {})
-            compress_options["metric"] = embedding_sensitivity(model, tokenizer, texts, **options)
+            compress_options |= _sensitivity_options(
+                model, current, head_is_tied, tokenizer, texts, compress_options, sensitivity_options
+            )
+        if head_is_tied and texts is not None:
+            compress_options.setdefault("time_budget", TIED_HEAD_COMPRESS_BUDGET)
         compress_options.setdefault("padding_idx", getattr(current, "padding_idx", None))
         compressed = compress(dense.detach(), num_codebooks, codebook_size, **compress_options)
     if distill is None:
@@ -161,11 +177,48 @@ def resize_with_codes(
         compressed = resize_compressed(compressed, new_num_tokens, mean_row)
     config = compress_modules(model, compressed)
     if teacher is not None:
-        distill_codebook(teacher, model, tokenizer, texts, **(distill_options or {}))
+        options = (TIED_HEAD_DISTILLATION if head_is_tied else {}) | (distill_options or {})
+        if "steps" in (distill_options or {}):
+            options.pop("time_budget", None)
+        distill_codebook(teacher, model, tokenizer, texts, **options)
         metrics = reconstruction_metrics(dense, compressed)
     if metrics is not None:
         config.reconstruction = metrics
     return compressed
+
+
+def _sensitivity_options(
+    model: PreTrainedModel,
+    current: nn.Module,
+    head_is_tied: bool,
+    tokenizer: Tokenizer,
+    texts: list[str],
+    compress_options: dict[str, Any],
+    sensitivity_options: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The `compress` options that learn the table under what the model sees of its error.
+
+    Untied: the metric of the model's sensitivity to its input embeddings (`embedding_sensitivity`), rows
+    weighted by frequency. A head tied to the table reads every row at every position: the metric is the second
+    moment of the hidden states the head receives (`head_second_moment`) and every row gets a floor weight
+    beside its frequency (`tied_head_weights`; ``sensitivity_options={"floor": ...}`` sets it, the other
+    options go to `head_second_moment`).
+    """
+    options = {"progress": compress_options.get("progress", True)} | (sensitivity_options or {})
+    if not head_is_tied:
+        return {"metric": embedding_sensitivity(model, tokenizer, texts, **options)}
+    if "weights" in compress_options:
+        raise TypeError("For a tied head, row weights come from the calibration texts: pass no weights=.")
+    floor = options.pop("floor", DEFAULT_FLOOR)
+    counts = token_counts(tokenizer, texts, _dense_weight(current).shape[0], progress=options["progress"])
+    result = {
+        "metric": head_second_moment(model, tokenizer, texts, **options),
+        "weights": tied_head_weights(counts, floor=floor),
+        "calibration": None,
+    }
+    if compress_options.get("method", "additive") == "additive":
+        result["objective"] = compress_options.get("objective", "squared")  # as calibration weights get it
+    return result
 
 
 def compress_modules(model: PreTrainedModel, compressed: CompressedEmbedding) -> DcclConfig:
