@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -12,18 +13,15 @@ import torch
 
 from dccl_hf.learning import additive
 from dccl_hf.learning.additive import (
-    _dimension_schedule,
-    _lloyd,
     beam_search,
     decode,
     fit_additive,
-    kmeans,
-    progressive_kmeans,
     row_distances,
     solve_codebook,
     sufficient_statistics,
 )
 from dccl_hf.learning.checkpoint import Checkpointer
+from dccl_hf.learning.kmeans import dimension_schedule, kmeans, lloyd, progressive_kmeans, step_equivalents
 
 
 def clustered(rows: int = 400, dim: int = 8, clusters: int = 12, seed: int = 0) -> torch.Tensor:
@@ -303,20 +301,47 @@ def test_a_round_that_ends_worse_is_not_kept(monkeypatch: pytest.MonkeyPatch) ->
     assert torch.equal(codebook, initial_codebook)
 
 
-def test_init_plan_narrows_the_encoding_before_the_training() -> None:
-    # Per stage 1 s of k-means and 1 s per unit of beam width; the encoding covers 6 samples' worth of rows.
-    plan = additive._InitPlan(16, 16, outside_share=6.0).measured(kmeans_seconds=1.0, extend_seconds=16.0)
-    assert plan.fitted(10, 10, remaining=1200.0) == plan  # 10 · (1 + 16) + 6 · 10 · 16 = 1130 s fits
-    assert (plan.fitted(10, 10, 300.0).training_beam, plan.fitted(10, 10, 300.0).encoding_beam) == (16, 2)
-    assert (plan.fitted(10, 10, 100.0).training_beam, plan.fitted(10, 10, 100.0).encoding_beam) == (2, 1)
-    assert (plan.fitted(10, 10, 1.0).training_beam, plan.fitted(10, 10, 1.0).encoding_beam) == (1, 1)
-    assert plan.measured(kmeans_seconds=0.5, extend_seconds=4.0) == plan  # the slowest stage counts
+def init_plan(**changes: Any) -> additive._InitPlan:
+    """A plan of 16-wide beams, k-means on 4,096 points of 64 dimensions into 16 centroids with 25 iterations,
+    an encoding covering 6 samples' worth of rows, 1 s per unit of beam width and 0.1 ms per point-step."""
+    plan = additive._InitPlan(16, 16, 6.0, 4096, 25, 4096, 25, codebook_size=16, dim=64, calibrated=True)
+    return dataclasses.replace(plan, step_seconds=1e-4, extend_seconds=1.0, **changes)
+
+
+def test_init_plan_narrows_the_encoding_then_kmeans_then_the_training_beam() -> None:
+    plan = init_plan()
+    full = plan.seconds(10, 10)
+    assert plan.fitted(10, 10, remaining=full) == plan
+    widths = {
+        remaining: (fitted.encoding_beam, fitted.iterations, fitted.training_beam, fitted.points)
+        for remaining in (600.0, 300.0, 200.0, 100.0, 1.0)
+        for fitted in [plan.fitted(10, 10, remaining)]
+    }
+    assert widths[600.0] == (4, 25, 16, 4096)  # the encoding narrows first, k-means keeps its work
+    assert widths[300.0] == (1, 10, 8, 4096)  # then k-means's iterations, down to 10, then the training beam
+    assert widths[200.0] == (1, 10, 2, 4096)
+    assert widths[100.0] == (1, 10, 1, 1024)  # then k-means's points
+    assert widths[1.0] == (1, 1, 1, 16)  # at the least: greedy, k-means on K points, one step
+    for remaining in (600.0, 300.0, 200.0, 100.0):
+        assert plan.fitted(10, 10, remaining).seconds(10, 10) <= remaining
+    # k-means work is planned from its maximum every stage: time left buys it back.
+    assert plan.fitted(10, 10, 1.0).fitted(10, 10, full).points == 4096
+
+
+def test_init_plan_learns_costs_from_measured_stages() -> None:
+    plan = init_plan(calibrated=False)
+    steps = step_equivalents(4096, 16, 64, 25)
+    measured = plan.measured(kmeans_seconds=4096 * steps * 3e-6, extend_seconds=32.0)
+    assert measured.step_seconds == pytest.approx(3e-6)  # the first measurement replaces the estimate
+    assert measured.extend_seconds == pytest.approx(2.0)  # per unit of the 16-wide beam
+    assert measured.measured(kmeans_seconds=0.0, extend_seconds=0.0) == measured  # then the slowest counts
 
 
 def test_an_initialisation_without_time_encodes_the_rows_outside_its_sample_greedily(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(additive, "CHUNK_ELEMENTS", 1 << 12)  # a sample of 1365 of the 2000 rows
+    # Beams of 4 × (3 codes + 1 score + 8 residuals) and the sample's copy: a sample of 1365 of the 2000 rows.
+    monkeypatch.setattr(additive, "MIN_WORK_ELEMENTS", 1365 * (4 * 12 + 8))
     matrix = clustered(rows=2000)
     generator = torch.Generator().manual_seed(0)
     with caplog.at_level("INFO", logger=additive.__name__):
@@ -439,7 +464,7 @@ def test_progressive_kmeans_beats_lloyd_from_sampled_seeds_on_anisotropic_data()
     points, weights = anisotropic(3000, 64, seed=1), torch.ones(3000)
     progressive = progressive_kmeans(points, 64, weights, torch.Generator().manual_seed(0), 25)
     seeds = points[torch.randperm(3000, generator=torch.Generator().manual_seed(0))[:64]]
-    plain = _lloyd(points, seeds, weights, 25)
+    plain = lloyd(points, seeds, weights, 25)
     assert inertia(points, weights, *progressive) < 0.985 * inertia(points, weights, *plain)
 
 
@@ -484,9 +509,9 @@ def test_progressive_kmeans_edge_cases() -> None:
 
 
 def test_dimension_schedule_roughly_doubles_up_to_the_dimension() -> None:
-    assert _dimension_schedule(1) == [1]
-    assert _dimension_schedule(8) == [2, 4, 8]
-    schedule = _dimension_schedule(384)
+    assert dimension_schedule(1) == [1]
+    assert dimension_schedule(8) == [2, 4, 8]
+    schedule = dimension_schedule(384)
     assert schedule[0] <= 2
     assert schedule[-1] == 384
     assert len(schedule) == 9
