@@ -114,7 +114,8 @@ def run_ours(matrix: np.ndarray, num_codebooks: int, codebook_size: int, budget:
 
 
 def faiss_plan(rows: int, dim: int, num_codebooks: int, codebook_size: int, budget: float) -> tuple[int, int]:
-    """(training rows, beam) of faiss RQ whose predicted flops fill half of `budget` at the measured speed (it runs slower than that)."""
+    """(training rows, beam) of faiss RQ whose predicted flops fill half of `budget` at the measured speed (it
+    runs slower than its flops at that speed)."""
     import torch
 
     a, b = torch.randn(2048, dim), torch.randn(dim, codebook_size)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dccl_hf.learning import additive
+from dccl_hf.learning import kmeans as kmeans_module
 from dccl_hf.learning.additive import (
     beam_search,
     decode,
@@ -21,7 +22,14 @@ from dccl_hf.learning.additive import (
     sufficient_statistics,
 )
 from dccl_hf.learning.checkpoint import Checkpointer
-from dccl_hf.learning.kmeans import dimension_schedule, kmeans, lloyd, progressive_kmeans, step_equivalents
+from dccl_hf.learning.kmeans import (
+    dimension_schedule,
+    kmeans,
+    lloyd,
+    principal_axes,
+    progressive_kmeans,
+    step_equivalents,
+)
 
 
 def clustered(rows: int = 400, dim: int = 8, clusters: int = 12, seed: int = 0) -> torch.Tensor:
@@ -337,7 +345,7 @@ def test_init_plan_learns_costs_from_measured_stages() -> None:
     assert measured.measured(kmeans_seconds=0.0, extend_seconds=0.0) == measured  # then the slowest counts
 
 
-def test_an_initialisation_without_time_encodes_the_rows_outside_its_sample_greedily(
+def test_an_initialisation_without_time_does_the_least_work_and_encodes_the_rest_greedily(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Beams of 4 × (3 codes + 1 score + 8 residuals) and the sample's copy: a sample of 1365 of the 2000 rows.
@@ -347,6 +355,7 @@ def test_an_initialisation_without_time_encodes_the_rows_outside_its_sample_gree
     with caplog.at_level("INFO", logger=additive.__name__):
         codebook, codes = additive.residual_beam_init(matrix, 3, 8, torch.ones(2000), generator, 5, 4, 0.0)
     assert "narrowed to fit its 0.0 s: training beam 1, encoding beam 1" in caplog.text
+    assert "Initial k-means from codebook 0 on 8 points, 1 iterations" in caplog.text  # K points, one step
     # The sample is the initialisation's first draw from the generator.
     sample = torch.multinomial(torch.ones(2000), 1365, generator=torch.Generator().manual_seed(0))
     outside = torch.ones(2000, dtype=torch.bool)
@@ -506,6 +515,88 @@ def test_progressive_kmeans_edge_cases() -> None:
     centroids, assignment = progressive_kmeans(points, 1, weights, generator, 25)
     torch.testing.assert_close(centroids[0], (weights @ points) / weights.sum(), atol=1e-5, rtol=1e-5)
     assert bool((assignment == 0).all())
+
+
+def test_wide_rows_never_form_a_dimension_squared_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_eigh(*_: object) -> None:
+        raise AssertionError("a D×D eigendecomposition")
+
+    monkeypatch.setattr(torch.linalg, "eigh", no_eigh)
+    matrix = torch.randn(30, 1500, generator=torch.Generator().manual_seed(0))  # fewer rows than dimensions
+    codes, codebook = fit(matrix, 2, 4, time_budget=60.0)
+    check_valid(codes, codebook, 30, 2, 4, 1500)
+    monkeypatch.setattr(kmeans_module, "EXACT_AXES_DIM", 16)  # wider than the exact limit, more rows than D
+    codes, codebook = fit(clustered(rows=300, dim=32), 2, 4)
+    check_valid(codes, codebook, 300, 2, 4, 32)
+
+
+def test_low_rank_principal_axes_span_the_leading_directions(monkeypatch: pytest.MonkeyPatch) -> None:
+    points = (
+        anisotropic(1500, 300, seed=2)
+        @ torch.linalg.qr(torch.randn(300, 300, generator=torch.Generator().manual_seed(2))).Q
+    )  # rotated spectrum
+    weights = torch.ones(1500)
+    mean, exact = principal_axes(points, weights, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(kmeans_module, "EXACT_AXES_DIM", 100)
+    low_mean, low_rank = principal_axes(points, weights, torch.Generator().manual_seed(0))
+    assert exact.shape == (300, 300)
+    assert low_rank.shape == (300, kmeans_module.LOW_RANK_AXES)
+    torch.testing.assert_close(low_mean, mean)
+    alignment = (exact[:, :5] * low_rank[:, :5]).sum(dim=0).abs()
+    assert bool((alignment > 0.99).all()), alignment
+
+
+def test_progressive_kmeans_on_leading_axes_still_beats_lloyd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kmeans_module, "EXACT_AXES_DIM", 8)
+    monkeypatch.setattr(kmeans_module, "LOW_RANK_AXES", 16)  # stages up to 16 dimensions, the last in all 64
+    points, weights = anisotropic(3000, 64, seed=1), torch.ones(3000)
+    progressive = progressive_kmeans(points, 64, weights, torch.Generator().manual_seed(0), 25)
+    seeds = points[torch.randperm(3000, generator=torch.Generator().manual_seed(0))[:64]]
+    plain = lloyd(points, seeds, weights, 25)
+    assert inertia(points, weights, *progressive) < 0.985 * inertia(points, weights, *plain)
+
+
+def test_initial_kmeans_points_fit_the_working_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """k-means holds at most KMEANS_COPIES (points, D) tensors: its points are sized to the working memory."""
+    seen: list[int] = []
+
+    def recording_kmeans(points: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(points.shape[0])
+        return kmeans(points, *args)
+
+    monkeypatch.setattr(additive, "kmeans", recording_kmeans)
+    monkeypatch.setattr(additive, "MIN_WORK_ELEMENTS", 0)  # a quarter of the input: 2000 × 64 / 4 elements
+    matrix = anisotropic(2000, 64)
+    additive.residual_beam_init(matrix, 2, 8, torch.ones(2000), torch.Generator().manual_seed(0), 5, 4)
+    assert seen == [2000 * 64 // 4 // (kmeans_module.KMEANS_COPIES * 64)] * 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_learning_on_cuda_stays_on_the_device_and_matches_the_cpu() -> None:
+    matrix = clustered(rows=2000, dim=48)
+    cpu_codes, cpu_codebook = fit(matrix, 4, 16, max_iterations=3)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    codes, codebook = fit_additive(
+        matrix.cuda(), 4, 16, generator=generator, progress=False, max_iterations=3, time_budget=600.0
+    )
+    assert codes.device.type == "cuda"
+    assert codebook.device.type == "cuda"
+    assert mean_distance(matrix.cuda(), codes, codebook) == pytest.approx(
+        mean_distance(matrix, cpu_codes, cpu_codebook), rel=0.1
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kmeans_on_cuda_runs_on_the_device() -> None:
+    points = anisotropic(3000, 64).cuda()
+    weights = torch.ones(3000, device="cuda")
+    centroids, assignment = kmeans(points, 32, weights, torch.Generator(device="cuda").manual_seed(0), 10)
+    assert centroids.device.type == "cuda"
+    assert assignment.device.type == "cuda"
+    cpu = kmeans(points.cpu(), 32, weights.cpu(), torch.Generator().manual_seed(0), 10)
+    assert inertia(points, weights, centroids, assignment) == pytest.approx(
+        inertia(points.cpu(), weights.cpu(), *cpu), rel=0.1
+    )
 
 
 def test_dimension_schedule_roughly_doubles_up_to_the_dimension() -> None:

@@ -168,12 +168,16 @@ def dimension_schedule(dim: int) -> list[int]:
 def lloyd(
     points: torch.Tensor, centroids: torch.Tensor, weights: torch.Tensor, iterations: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """At most `iterations` weighted Lloyd steps from `centroids`; returns centroids and assignments."""
+    """At most `iterations` weighted Lloyd steps from `centroids`; returns centroids and assignments.
+
+    On the CPU the steps stop once the assignment no longer changes; on CUDA all of them run, so that no step
+    waits for the host to read a comparison (a converged step changes nothing)."""
     assignment = assign(points, centroids)
+    stop_early = points.device.type == "cpu"
     for _ in range(iterations):
         centroids = _centroid_update(points, assignment, weights, centroids)
         new_assignment = assign(points, centroids)
-        if torch.equal(new_assignment, assignment):
+        if stop_early and torch.equal(new_assignment, assignment):
             break
         assignment = new_assignment
     return centroids, assignment
