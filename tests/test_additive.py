@@ -312,7 +312,9 @@ def test_a_round_that_ends_worse_is_not_kept(monkeypatch: pytest.MonkeyPatch) ->
 def init_plan(**changes: Any) -> additive._InitPlan:
     """A plan of 16-wide beams, k-means on 4,096 points of 64 dimensions into 16 centroids with 25 iterations,
     an encoding covering 6 samples' worth of rows, 1 s per unit of beam width and 0.1 ms per point-step."""
-    plan = additive._InitPlan(16, 16, 6.0, 4096, 25, 4096, 25, codebook_size=16, dim=64, calibrated=True)
+    plan = additive._InitPlan(
+        16, 16, 6.0, 4096, 25, 4096, 25, num_codebooks=10, codebook_size=16, dim=64, calibrated=True
+    )
     return dataclasses.replace(plan, step_seconds=1e-4, extend_seconds=1.0, **changes)
 
 
@@ -334,6 +336,13 @@ def test_init_plan_narrows_the_encoding_then_kmeans_then_the_training_beam() -> 
         assert plan.fitted(10, 10, remaining).seconds(10, 10) <= remaining
     # k-means work is planned from its maximum every stage: time left buys it back.
     assert plan.fitted(10, 10, 1.0).fitted(10, 10, full).points == 4096
+
+
+def test_init_plan_takes_the_rounds_time_only_when_no_round_would_fit_in_it() -> None:
+    # A round without beam search: 4 ICM sweeps of 10 codebooks over 7 samples' worth of rows at 1 s each.
+    assert init_plan(spare=279.0).available(50.0) == 329.0
+    assert init_plan(spare=281.0).available(50.0) == 50.0
+    assert init_plan(spare=100.0, calibrated=False).available(50.0) == 50.0  # not before a stage measured it
 
 
 def test_init_plan_learns_costs_from_measured_stages() -> None:

@@ -134,8 +134,8 @@ def fit_additive(
     K=16: plateau at beam 64 0.721 after 311 s; beam 128, 256, 256, 512 rounds then reach 0.712, 0.701, 0.697,
     0.688 in 907 s more), and where they do not (all-MiniLM-L6-v2) it costs one round. The run also stops
     after `max_iterations` refit/re-encode rounds (default 100), or when not even a round without beam search
-    fits in what is left of `time_budget` seconds (the initialisation always runs, its beams narrowed to fit
-    `INIT_SHARE` of the budget where they can); a round that would not fit narrows its beam until it does, and
+    fits in what is left of `time_budget` seconds (the initialisation always runs, its beams and k-means work
+    scaled to fit `INIT_SHARE` of the budget where they can, see `residual_beam_init`); a round that would not fit narrows its beam until it does, and
     is then held to the share of `tolerance` that its share of a full round's time gives. `beam_size` is the
     starting beam width of the re-encoding and `init_beam_size` that of the initialisation (defaults:
     `default_beams`), `icm_sweeps` the ICM passes after each encoding, `local_search` the number of
@@ -174,6 +174,7 @@ def fit_additive(
             kmeans_iterations,
             init_beam_size,
             None if time_budget is None else INIT_SHARE * time_budget,
+            0.0 if time_budget is None else (1.0 - INIT_SHARE - 2 * PACKING_RESERVE) * time_budget,
         )
         distances = row_distances(matrix, codes, codebook)
         state = _State(
@@ -567,6 +568,7 @@ def residual_beam_init(
     iterations: int,
     beam_size: int,
     seconds: float | None = None,
+    spare: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual quantization trained along a beam search; returns the codebook (M, K, D) and codes (N, M).
 
@@ -576,7 +578,9 @@ def residual_beam_init(
     its beams' best, the other rows are encoded afterwards. With `seconds`, the work scales to fit that many
     seconds, from costs measured before the first stage and after each (`_InitPlan`): the encoding beam of the
     rows outside the sample narrows first, then k-means's iterations, the training beam, k-means's points and
-    its iterations down to one (down to greedy residual quantization on seeds). With rows sharded over ranks,
+    its iterations down to one (down to greedy residual quantization on seeds). The `spare` seconds after those
+    are the refit rounds'; the initialisation takes them too where its measured costs say that not even a round
+    without beam search would fit in them (`_InitPlan.available`). With rows sharded over ranks,
     each rank draws its part of the sample in proportion to its share of the weight (`sample_counts`), rank 0
     trains on the gathered sample and every rank encodes its own rows (rank 0's sample codes are not reused: its
     sample rows are spread over every shard): a codebook trained on rank 0's shard alone fits the other shards
@@ -606,7 +610,9 @@ def residual_beam_init(
     codebook = matrix.new_zeros(num_codebooks, codebook_size, dim)
     points = min(sample_rows, max(256 * codebook_size, KMEANS_POINTS), work // (KMEANS_COPIES * dim))
     points = max(min(sample_rows, codebook_size), points)
-    plan = _InitPlan(beam_size, beam_size, encoded_per_sample_row, points, iterations, points, iterations)
+    plan = _InitPlan(
+        beam_size, beam_size, encoded_per_sample_row, points, iterations, points, iterations, spare=spare
+    )
     sample_codes = None
     if rank_and_size()[0] == 0:
         assert rows is not None  # the gathered sample is rank 0's
@@ -702,13 +708,14 @@ def _train_residual(
     num_codebooks, codebook_size, dim = codebook.shape
     sample_rows = rows.shape[0]
     if seconds is not None:
-        plan = plan.estimated(rows, codebook_size)
+        plan = plan.estimated(rows, num_codebooks, codebook_size)
     size = _chunk_size(_beam_elements_per_row(num_codebooks, codebook_size, dim, plan.training_beam))
     starts = range(0, sample_rows, size)
     beams = [_Beam.start(rows[i : i + size], num_codebooks, codebook_size) for i in starts]
     for m in range(num_codebooks):
         if seconds is not None:
-            fitted = plan.fitted(num_codebooks - m, num_codebooks, seconds - (time.monotonic() - start))
+            remaining = plan.available(seconds) - (time.monotonic() - start)
+            fitted = plan.fitted(num_codebooks - m, num_codebooks, remaining)
             if (fitted.points, fitted.iterations) != (plan.points, plan.iterations):
                 logger.info(
                     "Initial k-means from codebook %d on %d points, %d iterations to fit the time budget",
@@ -749,14 +756,17 @@ class _InitPlan:
     max_iterations: int
     points: int
     iterations: int
+    num_codebooks: int = 1
     codebook_size: int = 1
     dim: int = 1
     step_seconds: float = 0.0
     extend_seconds: float = 0.0
+    #: Seconds after the initialisation's own that the refit rounds have (see `available`).
+    spare: float = 0.0
     #: False while the costs are the estimates of `estimated`: the first measurement replaces them.
     calibrated: bool = False
 
-    def estimated(self, rows: torch.Tensor, codebook_size: int) -> _InitPlan:
+    def estimated(self, rows: torch.Tensor, num_codebooks: int, codebook_size: int) -> _InitPlan:
         """The plan with costs estimated before any stage: one assignment of up to 2,048 sample rows to K of
         them gives the seconds per point-step (doubled: the centroid updates and seeding add to it), and a
         beam step is taken to cost as much per row and unit of width (exact with residuals, an upper bound
@@ -767,11 +777,19 @@ class _InitPlan:
         per_point = 2.0 * (device_clock(rows.device) - begin) / probe.shape[0]
         return dataclasses.replace(
             self,
+            num_codebooks=num_codebooks,
             codebook_size=codebook_size,
             dim=rows.shape[1],
             step_seconds=per_point,
             extend_seconds=per_point * rows.shape[0],
         )
+
+    def available(self, seconds: float) -> float:
+        """The initialisation's seconds: `seconds`, plus the `spare` ones when the costs measured say that not
+        even a round without beam search would fit in them. Such a round runs four ICM sweeps over every row,
+        each about as costly per row as a beam step of width 1; the rows are 1 + `outside_share` sample rows."""
+        round_floor = 4 * self.extend_seconds * self.num_codebooks * (1.0 + self.outside_share)
+        return seconds + self.spare if self.calibrated and round_floor > self.spare else seconds
 
     def kmeans_seconds(self, points: int, iterations: int) -> float:
         """Expected seconds of one k-means run on `points` points with `iterations` Lloyd steps."""
