@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--workdir", required=True, help="directory for the tables (outside the repository)")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), help="ROWSxDIM")
     parser.add_argument("--setting", default="16x256", help="MxK")
+    parser.add_argument("--methods", nargs="+", default=["ours", "faiss"], choices=("ours", "faiss"))
     parser.add_argument("--budget", type=float, default=600.0, help="seconds, for every method")
     parser.add_argument("--threads", type=int, default=1, help="threads of each of the two processes")
     parser.add_argument("--run", choices=("ours", "faiss"), help=argparse.SUPPRESS)
@@ -222,7 +223,9 @@ def main() -> None:
         path = workdir / f"table-{shape}.npy"
         if not path.exists():
             build_table(path, rows, dim)
-        outputs = {method: workdir / f"result-{shape}-{method}.json" for method in ("ours", "faiss")}
+        outputs = {method: workdir / f"result-{shape}-{method}.json" for method in args.methods}
+        for output in outputs.values():
+            output.unlink(missing_ok=True)
         common = ["--setting", args.setting, "--budget", str(args.budget), "--threads", str(args.threads)]
         processes = [
             subprocess.Popen(

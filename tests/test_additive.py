@@ -313,7 +313,7 @@ def init_plan(**changes: Any) -> additive._InitPlan:
     """A plan of 16-wide beams, k-means on 4,096 points of 64 dimensions into 16 centroids with 25 iterations,
     an encoding covering 6 samples' worth of rows, 1 s per unit of beam width and 0.1 ms per point-step."""
     plan = additive._InitPlan(
-        16, 16, 6.0, 4096, 25, 4096, 25, num_codebooks=10, codebook_size=16, dim=64, calibrated=True
+        16, 16, 6.0, 16, 4096, 25, 4096, 25, num_codebooks=10, codebook_size=16, dim=64, calibrated=True
     )
     return dataclasses.replace(plan, step_seconds=1e-4, extend_seconds=1.0, **changes)
 
@@ -323,19 +323,25 @@ def test_init_plan_narrows_the_encoding_then_kmeans_then_the_training_beam() -> 
     full = plan.seconds(10, 10)
     assert plan.fitted(10, 10, remaining=full) == plan
     widths = {
-        remaining: (fitted.encoding_beam, fitted.iterations, fitted.training_beam, fitted.points)
-        for remaining in (600.0, 300.0, 200.0, 100.0, 1.0)
+        remaining: (fitted.encoding_beam, fitted.iterations, fitted.points, fitted.training_beam)
+        for remaining in (600.0, 300.0, 200.0, 100.0, 80.0, 1.0)
         for fitted in [plan.fitted(10, 10, remaining)]
     }
-    assert widths[600.0] == (4, 25, 16, 4096)  # the encoding narrows first, k-means keeps its work
-    assert widths[300.0] == (1, 10, 8, 4096)  # then k-means's iterations, down to 10, then the training beam
-    assert widths[200.0] == (1, 10, 2, 4096)
-    assert widths[100.0] == (1, 10, 1, 1024)  # then k-means's points
-    assert widths[1.0] == (1, 1, 1, 16)  # at the least: greedy, k-means on K points, one step
+    assert widths[600.0] == (4, 25, 4096, 16)  # the encoding narrows first, k-means keeps its work
+    assert widths[300.0] == (
+        1,
+        10,
+        2048,
+        16,
+    )  # then k-means's iterations (to 10) and points (to 64 per centroid)
+    assert widths[200.0] == (1, 10, 1024, 8)  # then the training beam
+    assert widths[100.0] == (1, 10, 1024, 1)
+    assert widths[80.0] == (1, 10, 256, 1)  # then k-means's points, down to K
+    assert widths[1.0] == (1, 1, 16, 1)  # at the least: greedy, k-means on K points, one step
     for remaining in (600.0, 300.0, 200.0, 100.0):
         assert plan.fitted(10, 10, remaining).seconds(10, 10) <= remaining
-    # k-means work is planned from its maximum every stage: time left buys it back.
-    assert plan.fitted(10, 10, 1.0).fitted(10, 10, full).points == 4096
+    # The work is planned from its maximum every stage: time left buys it back.
+    assert plan.fitted(10, 10, 1.0).fitted(10, 10, full) == plan
 
 
 def test_init_plan_takes_the_rounds_time_only_when_no_round_would_fit_in_it() -> None:
@@ -364,7 +370,7 @@ def test_an_initialisation_without_time_does_the_least_work_and_encodes_the_rest
     with caplog.at_level("INFO", logger=additive.__name__):
         codebook, codes = additive.residual_beam_init(matrix, 3, 8, torch.ones(2000), generator, 5, 4, 0.0)
     assert "narrowed to fit its 0.0 s: training beam 1, encoding beam 1" in caplog.text
-    assert "Initial k-means from codebook 0 on 8 points, 1 iterations" in caplog.text  # K points, one step
+    assert "codebook 0: k-means on 8 points, 1 iterations, training beam 1" in caplog.text  # the least work
     # The sample is the initialisation's first draw from the generator.
     sample = torch.multinomial(torch.ones(2000), 1365, generator=torch.Generator().manual_seed(0))
     outside = torch.ones(2000, dtype=torch.bool)

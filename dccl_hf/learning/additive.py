@@ -611,7 +611,15 @@ def residual_beam_init(
     points = min(sample_rows, max(256 * codebook_size, KMEANS_POINTS), work // (KMEANS_COPIES * dim))
     points = max(min(sample_rows, codebook_size), points)
     plan = _InitPlan(
-        beam_size, beam_size, encoded_per_sample_row, points, iterations, points, iterations, spare=spare
+        beam_size,
+        beam_size,
+        encoded_per_sample_row,
+        beam_size,
+        points,
+        iterations,
+        points,
+        iterations,
+        spare=spare,
     )
     sample_codes = None
     if rank_and_size()[0] == 0:
@@ -709,19 +717,20 @@ def _train_residual(
     sample_rows = rows.shape[0]
     if seconds is not None:
         plan = plan.estimated(rows, num_codebooks, codebook_size)
-    size = _chunk_size(_beam_elements_per_row(num_codebooks, codebook_size, dim, plan.training_beam))
+    size = _chunk_size(_beam_elements_per_row(num_codebooks, codebook_size, dim, plan.max_beam))
     starts = range(0, sample_rows, size)
     beams = [_Beam.start(rows[i : i + size], num_codebooks, codebook_size) for i in starts]
     for m in range(num_codebooks):
         if seconds is not None:
             remaining = plan.available(seconds) - (time.monotonic() - start)
             fitted = plan.fitted(num_codebooks - m, num_codebooks, remaining)
-            if (fitted.points, fitted.iterations) != (plan.points, plan.iterations):
+            work = (fitted.points, fitted.iterations, fitted.training_beam)
+            if work != (plan.points, plan.iterations, plan.training_beam):
                 logger.info(
-                    "Initial k-means from codebook %d on %d points, %d iterations to fit the time budget",
+                    "Initial codebook %d: k-means on %d points, %d iterations, training beam %d to fit the "
+                    "time budget",
                     m,
-                    fitted.points,
-                    fitted.iterations,
+                    *work,
                 )
             plan = fitted
         stage_start = device_clock(rows.device)
@@ -751,7 +760,8 @@ class _InitPlan:
     encoding_beam: int
     #: Rows encoded after training per sample row (outside the sample; with rows sharded, the largest shard).
     outside_share: float
-    #: The most k-means points and iterations: `fitted` scales the work down from them, never above.
+    #: The widest beams and the most k-means points and iterations: `fitted` scales the work down from them.
+    max_beam: int
     max_points: int
     max_iterations: int
     points: int
@@ -816,16 +826,21 @@ class _InitPlan:
         return stages_left * (kmeans_seconds + self.extend_seconds * self.training_beam) + encoding
 
     def fitted(self, stages_left: int, num_codebooks: int, remaining: float) -> _InitPlan:
-        """The most work expected to fit `remaining` seconds: from the widest beams so far and the most
-        k-means work, it narrows the encoding beam, then k-means's iterations (down to `STAGE_ITERATIONS`),
-        the training beam, k-means's points (down to K) and its iterations (down to 1)."""
-        plan = dataclasses.replace(self, points=self.max_points, iterations=self.max_iterations)
+        """The most work expected to fit `remaining` seconds: from the widest beams and the most k-means work
+        (so that time left buys back what an earlier estimate cut), it narrows the encoding beam, then k-means's
+        iterations (down to `STAGE_ITERATIONS`) and points (down to 64 per centroid), the training beam, then
+        k-means's points (down to K) and iterations (down to 1)."""
+        beam, points, iterations = self.max_beam, self.max_points, self.max_iterations
+        plan = dataclasses.replace(
+            self, training_beam=beam, encoding_beam=beam, points=points, iterations=iterations
+        )
         steps = (
-            ("encoding_beam", 1 if self.outside_share else plan.encoding_beam),
-            ("iterations", min(plan.iterations, STAGE_ITERATIONS)),
+            ("encoding_beam", 1 if self.outside_share else beam),
+            ("iterations", min(iterations, STAGE_ITERATIONS)),
+            ("points", min(points, 64 * self.codebook_size)),
             ("training_beam", 1),
-            ("points", min(plan.points, plan.codebook_size)),
-            ("iterations", min(plan.iterations, 1)),
+            ("points", min(points, self.codebook_size)),
+            ("iterations", min(iterations, 1)),
         )
         for name, floor in steps:
             while getattr(plan, name) > floor and plan.seconds(stages_left, num_codebooks) > remaining:
