@@ -357,7 +357,9 @@ def test_init_plan_learns_costs_from_measured_stages() -> None:
     measured = plan.measured(kmeans_seconds=4096 * steps * 3e-6, extend_seconds=32.0)
     assert measured.step_seconds == pytest.approx(3e-6)  # the first measurement replaces the estimate
     assert measured.extend_seconds == pytest.approx(2.0)  # per unit of the 16-wide beam
-    assert measured.measured(kmeans_seconds=0.0, extend_seconds=0.0) == measured  # then the slowest counts
+    assert (
+        measured.measured(kmeans_seconds=0.0, extend_seconds=16.0).extend_seconds == 1.0
+    )  # the latest counts
 
 
 def test_an_initialisation_without_time_does_the_least_work_and_encodes_the_rest_greedily(

@@ -777,21 +777,25 @@ class _InitPlan:
     calibrated: bool = False
 
     def estimated(self, rows: torch.Tensor, num_codebooks: int, codebook_size: int) -> _InitPlan:
-        """The plan with costs estimated before any stage: one assignment of up to 2,048 sample rows to K of
-        them gives the seconds per point-step (doubled: the centroid updates and seeding add to it), and a
-        beam step is taken to cost as much per row and unit of width (exact with residuals, an upper bound
-        with lookup tables)."""
+        """The plan with costs estimated before any stage, on up to 2,048 sample rows with K of them as
+        codewords: the seconds per point-step from one assignment (× 1.5 for the centroid updates), and those of
+        a beam step per unit of width from one greedy step."""
         probe = rows[: min(rows.shape[0], 2048)]
+        words = rows[:codebook_size]
+        norms, cross = _stage_tables(words[None, :0], words)
         begin = device_clock(rows.device)
-        assign(probe, rows[:codebook_size])
-        per_point = 2.0 * (device_clock(rows.device) - begin) / probe.shape[0]
+        assign(probe, words)
+        assigned = device_clock(rows.device)
+        _Beam.start(probe, num_codebooks, codebook_size).extend(probe, words, norms, cross, 1)
+        extended = device_clock(rows.device)
+        share = rows.shape[0] / probe.shape[0]
         return dataclasses.replace(
             self,
             num_codebooks=num_codebooks,
             codebook_size=codebook_size,
             dim=rows.shape[1],
-            step_seconds=per_point,
-            extend_seconds=per_point * rows.shape[0],
+            step_seconds=1.5 * (assigned - begin) / probe.shape[0],
+            extend_seconds=(extended - assigned) * share,
         )
 
     def available(self, seconds: float) -> float:
@@ -807,16 +811,15 @@ class _InitPlan:
         return self.step_seconds * points * steps
 
     def measured(self, kmeans_seconds: float, extend_seconds: float) -> _InitPlan:
-        """The plan with the costs of a stage just measured (after the first, the slowest stage so far counts:
-        later stages carry longer codes)."""
+        """The plan with the costs of the stage just measured: the latest stage is the best guess of the next
+        (codes grow longer, and the machine's load changes; a slowest-so-far rule kept the estimate of a first
+        k-means run on few points, whose fixed costs are large per point, and starved every later one)."""
         steps = step_equivalents(self.points, self.codebook_size, self.dim, self.iterations)
-        step_seconds = kmeans_seconds / (self.points * steps)
-        extend_seconds /= self.training_beam
-        if self.calibrated:
-            step_seconds = max(self.step_seconds, step_seconds)
-            extend_seconds = max(self.extend_seconds, extend_seconds)
         return dataclasses.replace(
-            self, step_seconds=step_seconds, extend_seconds=extend_seconds, calibrated=True
+            self,
+            step_seconds=kmeans_seconds / (self.points * steps),
+            extend_seconds=extend_seconds / self.training_beam,
+            calibrated=True,
         )
 
     def seconds(self, stages_left: int, num_codebooks: int) -> float:
