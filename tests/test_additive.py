@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -11,19 +12,24 @@ import pytest
 import torch
 
 from dccl_hf.learning import additive
+from dccl_hf.learning import kmeans as kmeans_module
 from dccl_hf.learning.additive import (
-    _dimension_schedule,
-    _lloyd,
     beam_search,
     decode,
     fit_additive,
-    kmeans,
-    progressive_kmeans,
     row_distances,
     solve_codebook,
     sufficient_statistics,
 )
 from dccl_hf.learning.checkpoint import Checkpointer
+from dccl_hf.learning.kmeans import (
+    dimension_schedule,
+    kmeans,
+    lloyd,
+    principal_axes,
+    progressive_kmeans,
+    step_equivalents,
+)
 
 
 def clustered(rows: int = 400, dim: int = 8, clusters: int = 12, seed: int = 0) -> torch.Tensor:
@@ -303,25 +309,70 @@ def test_a_round_that_ends_worse_is_not_kept(monkeypatch: pytest.MonkeyPatch) ->
     assert torch.equal(codebook, initial_codebook)
 
 
-def test_init_plan_narrows_the_encoding_before_the_training() -> None:
-    # Per stage 1 s of k-means and 1 s per unit of beam width; the encoding covers 6 samples' worth of rows.
-    plan = additive._InitPlan(16, 16, outside_share=6.0).measured(kmeans_seconds=1.0, extend_seconds=16.0)
-    assert plan.fitted(10, 10, remaining=1200.0) == plan  # 10 · (1 + 16) + 6 · 10 · 16 = 1130 s fits
-    assert (plan.fitted(10, 10, 300.0).training_beam, plan.fitted(10, 10, 300.0).encoding_beam) == (16, 2)
-    assert (plan.fitted(10, 10, 100.0).training_beam, plan.fitted(10, 10, 100.0).encoding_beam) == (2, 1)
-    assert (plan.fitted(10, 10, 1.0).training_beam, plan.fitted(10, 10, 1.0).encoding_beam) == (1, 1)
-    assert plan.measured(kmeans_seconds=0.5, extend_seconds=4.0) == plan  # the slowest stage counts
+def init_plan(**changes: Any) -> additive._InitPlan:
+    """A plan of 16-wide beams, k-means on 4,096 points of 64 dimensions into 16 centroids with 25 iterations,
+    an encoding covering 6 samples' worth of rows, 1 s per unit of beam width and 0.1 ms per point-step."""
+    plan = additive._InitPlan(
+        16, 16, 6.0, 16, 4096, 25, 4096, 25, num_codebooks=10, codebook_size=16, dim=64, calibrated=True
+    )
+    return dataclasses.replace(plan, step_seconds=1e-4, extend_seconds=1.0, **changes)
 
 
-def test_an_initialisation_without_time_encodes_the_rows_outside_its_sample_greedily(
+def test_init_plan_narrows_the_encoding_then_kmeans_then_the_training_beam() -> None:
+    plan = init_plan()
+    full = plan.seconds(10, 10)
+    assert plan.fitted(10, 10, remaining=full) == plan
+    widths = {
+        remaining: (fitted.encoding_beam, fitted.iterations, fitted.points, fitted.training_beam)
+        for remaining in (600.0, 300.0, 200.0, 100.0, 80.0, 1.0)
+        for fitted in [plan.fitted(10, 10, remaining)]
+    }
+    assert widths[600.0] == (4, 25, 4096, 16)  # the encoding narrows first, k-means keeps its work
+    assert widths[300.0] == (
+        1,
+        10,
+        2048,
+        16,
+    )  # then k-means's iterations (to 10) and points (to 64 per centroid)
+    assert widths[200.0] == (1, 10, 1024, 8)  # then the training beam
+    assert widths[100.0] == (1, 10, 1024, 1)
+    assert widths[80.0] == (1, 10, 256, 1)  # then k-means's points, down to K
+    assert widths[1.0] == (1, 1, 16, 1)  # at the least: greedy, k-means on K points, one step
+    for remaining in (600.0, 300.0, 200.0, 100.0):
+        assert plan.fitted(10, 10, remaining).seconds(10, 10) <= remaining
+    # The work is planned from its maximum every stage: time left buys it back.
+    assert plan.fitted(10, 10, 1.0).fitted(10, 10, full) == plan
+
+
+def test_init_plan_takes_the_rounds_time_only_when_no_round_would_fit_in_it() -> None:
+    # A round without beam search: 4 ICM sweeps of 10 codebooks over 7 samples' worth of rows at 1 s each.
+    assert init_plan(spare=279.0).available(50.0) == 329.0
+    assert init_plan(spare=281.0).available(50.0) == 50.0
+    assert init_plan(spare=100.0, calibrated=False).available(50.0) == 50.0  # not before a stage measured it
+
+
+def test_init_plan_learns_costs_from_measured_stages() -> None:
+    plan = init_plan(calibrated=False)
+    steps = step_equivalents(4096, 16, 64, 25)
+    measured = plan.measured(kmeans_seconds=4096 * steps * 3e-6, extend_seconds=32.0)
+    assert measured.step_seconds == pytest.approx(3e-6)  # the first measurement replaces the estimate
+    assert measured.extend_seconds == pytest.approx(2.0)  # per unit of the 16-wide beam
+    assert (
+        measured.measured(kmeans_seconds=0.0, extend_seconds=16.0).extend_seconds == 1.0
+    )  # the latest counts
+
+
+def test_an_initialisation_without_time_does_the_least_work_and_encodes_the_rest_greedily(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(additive, "CHUNK_ELEMENTS", 1 << 12)  # a sample of 1365 of the 2000 rows
+    # Beams of 4 × (3 codes + 1 score + 8 residuals) and the sample's copy: a sample of 1365 of the 2000 rows.
+    monkeypatch.setattr(additive, "MIN_WORK_ELEMENTS", 1365 * (4 * 12 + 8))
     matrix = clustered(rows=2000)
     generator = torch.Generator().manual_seed(0)
     with caplog.at_level("INFO", logger=additive.__name__):
         codebook, codes = additive.residual_beam_init(matrix, 3, 8, torch.ones(2000), generator, 5, 4, 0.0)
     assert "narrowed to fit its 0.0 s: training beam 1, encoding beam 1" in caplog.text
+    assert "codebook 0: k-means on 8 points, 1 iterations, training beam 1" in caplog.text  # the least work
     # The sample is the initialisation's first draw from the generator.
     sample = torch.multinomial(torch.ones(2000), 1365, generator=torch.Generator().manual_seed(0))
     outside = torch.ones(2000, dtype=torch.bool)
@@ -439,7 +490,7 @@ def test_progressive_kmeans_beats_lloyd_from_sampled_seeds_on_anisotropic_data()
     points, weights = anisotropic(3000, 64, seed=1), torch.ones(3000)
     progressive = progressive_kmeans(points, 64, weights, torch.Generator().manual_seed(0), 25)
     seeds = points[torch.randperm(3000, generator=torch.Generator().manual_seed(0))[:64]]
-    plain = _lloyd(points, seeds, weights, 25)
+    plain = lloyd(points, seeds, weights, 25)
     assert inertia(points, weights, *progressive) < 0.985 * inertia(points, weights, *plain)
 
 
@@ -483,10 +534,92 @@ def test_progressive_kmeans_edge_cases() -> None:
     assert bool((assignment == 0).all())
 
 
+def test_wide_rows_never_form_a_dimension_squared_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_eigh(*_: object) -> None:
+        raise AssertionError("a D×D eigendecomposition")
+
+    monkeypatch.setattr(torch.linalg, "eigh", no_eigh)
+    matrix = torch.randn(30, 1500, generator=torch.Generator().manual_seed(0))  # fewer rows than dimensions
+    codes, codebook = fit(matrix, 2, 4, time_budget=60.0)
+    check_valid(codes, codebook, 30, 2, 4, 1500)
+    monkeypatch.setattr(kmeans_module, "EXACT_AXES_DIM", 16)  # wider than the exact limit, more rows than D
+    codes, codebook = fit(clustered(rows=300, dim=32), 2, 4)
+    check_valid(codes, codebook, 300, 2, 4, 32)
+
+
+def test_low_rank_principal_axes_span_the_leading_directions(monkeypatch: pytest.MonkeyPatch) -> None:
+    points = (
+        anisotropic(1500, 300, seed=2)
+        @ torch.linalg.qr(torch.randn(300, 300, generator=torch.Generator().manual_seed(2))).Q
+    )  # rotated spectrum
+    weights = torch.ones(1500)
+    mean, exact = principal_axes(points, weights, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(kmeans_module, "EXACT_AXES_DIM", 100)
+    low_mean, low_rank = principal_axes(points, weights, torch.Generator().manual_seed(0))
+    assert exact.shape == (300, 300)
+    assert low_rank.shape == (300, kmeans_module.LOW_RANK_AXES)
+    torch.testing.assert_close(low_mean, mean)
+    alignment = (exact[:, :5] * low_rank[:, :5]).sum(dim=0).abs()
+    assert bool((alignment > 0.99).all()), alignment
+
+
+def test_progressive_kmeans_on_leading_axes_still_beats_lloyd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kmeans_module, "EXACT_AXES_DIM", 8)
+    monkeypatch.setattr(kmeans_module, "LOW_RANK_AXES", 16)  # stages up to 16 dimensions, the last in all 64
+    points, weights = anisotropic(3000, 64, seed=1), torch.ones(3000)
+    progressive = progressive_kmeans(points, 64, weights, torch.Generator().manual_seed(0), 25)
+    seeds = points[torch.randperm(3000, generator=torch.Generator().manual_seed(0))[:64]]
+    plain = lloyd(points, seeds, weights, 25)
+    assert inertia(points, weights, *progressive) < 0.985 * inertia(points, weights, *plain)
+
+
+def test_initial_kmeans_points_fit_the_working_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """k-means holds at most KMEANS_COPIES (points, D) tensors: its points are sized to the working memory."""
+    seen: list[int] = []
+
+    def recording_kmeans(points: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(points.shape[0])
+        return kmeans(points, *args)
+
+    monkeypatch.setattr(additive, "kmeans", recording_kmeans)
+    monkeypatch.setattr(additive, "MIN_WORK_ELEMENTS", 0)  # a quarter of the input: 2000 × 64 / 4 elements
+    matrix = anisotropic(2000, 64)
+    additive.residual_beam_init(matrix, 2, 8, torch.ones(2000), torch.Generator().manual_seed(0), 5, 4)
+    assert seen == [2000 * 64 // 4 // (kmeans_module.KMEANS_COPIES * 64)] * 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_learning_on_cuda_stays_on_the_device_and_matches_the_cpu() -> None:
+    matrix = clustered(rows=2000, dim=48)
+    cpu_codes, cpu_codebook = fit(matrix, 4, 16, max_iterations=3)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    codes, codebook = fit_additive(
+        matrix.cuda(), 4, 16, generator=generator, progress=False, max_iterations=3, time_budget=600.0
+    )
+    assert codes.device.type == "cuda"
+    assert codebook.device.type == "cuda"
+    assert mean_distance(matrix.cuda(), codes, codebook) == pytest.approx(
+        mean_distance(matrix, cpu_codes, cpu_codebook), rel=0.1
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kmeans_on_cuda_runs_on_the_device() -> None:
+    points = anisotropic(3000, 64).cuda()
+    weights = torch.ones(3000, device="cuda")
+    centroids, assignment = kmeans(points, 32, weights, torch.Generator(device="cuda").manual_seed(0), 10)
+    assert centroids.device.type == "cuda"
+    assert assignment.device.type == "cuda"
+    cpu = kmeans(points.cpu(), 32, weights.cpu(), torch.Generator().manual_seed(0), 10)
+    assert inertia(points, weights, centroids, assignment) == pytest.approx(
+        inertia(points.cpu(), weights.cpu(), *cpu), rel=0.1
+    )
+
+
 def test_dimension_schedule_roughly_doubles_up_to_the_dimension() -> None:
-    assert _dimension_schedule(1) == [1]
-    assert _dimension_schedule(8) == [2, 4, 8]
-    schedule = _dimension_schedule(384)
+    assert dimension_schedule(1) == [1]
+    assert dimension_schedule(8) == [2, 4, 8]
+    schedule = dimension_schedule(384)
     assert schedule[0] <= 2
     assert schedule[-1] == 384
     assert len(schedule) == 9

@@ -45,6 +45,14 @@ from dccl_hf.learning.distributed import (
     rank_and_size,
     shard_rows,
 )
+from dccl_hf.learning.kmeans import (
+    CACHE_CHUNK_ELEMENTS,
+    KMEANS_COPIES,
+    STAGE_ITERATIONS,
+    assign,
+    kmeans,
+    step_equivalents,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +61,11 @@ OBJECTIVES: tuple[str, ...] = ("distance", "squared")
 
 #: Upper bound on the number of float elements of one chunk's work tensors, which bounds peak memory.
 CHUNK_ELEMENTS = 1 << 23
-#: Elements of one chunk of the work tensors that loops revisit (k-means scores, ICM residuals): small enough
-#: to stay in cache.
-CACHE_CHUNK_ELEMENTS = 1 << 20
+#: Elements of the initialisation's working set beyond the input (the sample's copy and beams, k-means's
+#: points) when a quarter of the input is less: 2^27 float32 elements, 512 MiB (see `_work_elements`).
+MIN_WORK_ELEMENTS = 16 * CHUNK_ELEMENTS
 #: Residuals each initial k-means trains on (at least 256 per centroid); more points give better codebooks.
 KMEANS_POINTS = 1 << 16
-#: Lloyd steps of each progressive k-means stage before the last (faiss's ProgressiveDimClustering uses 10).
-STAGE_ITERATIONS = 10
-#: Lloyd steps from k-means++ seeds that must beat progressive k-means for that run to be continued.
-PROBE_ITERATIONS = 5
 #: Share of a time budget kept for the caller's work after learning (packing the codes); `fit_dccl` too.
 PACKING_RESERVE = 0.01
 #: Share of a time budget the initialisation may take, so that refit rounds (the first gain most) still fit.
@@ -130,8 +134,8 @@ def fit_additive(
     K=16: plateau at beam 64 0.721 after 311 s; beam 128, 256, 256, 512 rounds then reach 0.712, 0.701, 0.697,
     0.688 in 907 s more), and where they do not (all-MiniLM-L6-v2) it costs one round. The run also stops
     after `max_iterations` refit/re-encode rounds (default 100), or when not even a round without beam search
-    fits in what is left of `time_budget` seconds (the initialisation always runs, its beams narrowed to fit
-    `INIT_SHARE` of the budget where they can); a round that would not fit narrows its beam until it does, and
+    fits in what is left of `time_budget` seconds (the initialisation always runs, its beams and k-means work
+    scaled to fit `INIT_SHARE` of the budget where they can, see `residual_beam_init`); a round that would not fit narrows its beam until it does, and
     is then held to the share of `tolerance` that its share of a full round's time gives. `beam_size` is the
     starting beam width of the re-encoding and `init_beam_size` that of the initialisation (defaults:
     `default_beams`), `icm_sweeps` the ICM passes after each encoding, `local_search` the number of
@@ -170,6 +174,7 @@ def fit_additive(
             kmeans_iterations,
             init_beam_size,
             None if time_budget is None else INIT_SHARE * time_budget,
+            0.0 if time_budget is None else (1.0 - INIT_SHARE - 2 * PACKING_RESERVE) * time_budget,
         )
         distances = row_distances(matrix, codes, codebook)
         state = _State(
@@ -185,17 +190,21 @@ def fit_additive(
         logger.info("Initial weighted mean %s %.6f (%.1f s)", objective, state.best, state.elapsed)
         if time_budget is not None and state.elapsed > time_budget:
             logger.warning(
-                "The initialisation alone took %.1f s of the %.1f s time budget (its k-means is not shortened); "
-                "give at least twice that for refit rounds to run.",
+                "The initialisation alone took %.1f s of the %.1f s time budget (at its least work: greedy "
+                "encoding of every row); give at least twice that for refit rounds to run.",
                 state.elapsed,
                 time_budget,
             )
     # Seconds spent before this process started (a resumed run), so that the budget counts the whole run.
     offset = state.elapsed - (time.monotonic() - start)
     deadline = None if time_budget is None else start - offset + (1.0 - PACKING_RESERVE) * time_budget
-    cost = None  # no probe when the initialisation has spent the budget: no round would fit
-    if deadline is not None and deadline > time.monotonic() and rank_and_size()[0] == 0:
-        cost = _RoundCost.probe(matrix, state.codebook, state.beam, icm_sweeps)
+    cost = None  # no probe when the initialisation has spent the budget, or its solve alone would
+    if deadline is not None and rank_and_size()[0] == 0:
+        remaining = deadline - time.monotonic()
+        if remaining > 2.0 * refit_solve_seconds(
+            num_codebooks * codebook_size, matrix.shape[1], matrix.device
+        ):
+            cost = _RoundCost.probe(matrix, state.codebook, state.beam, icm_sweeps)
     widest = MAX_WIDENING * beam_size
     # With a budget the bar counts its seconds (tqdm's ETA is then the deadline), else the rounds.
     seconds = None if time_budget is None else max(1, round(time_budget))
@@ -386,6 +395,21 @@ class _RoundCost:
         return _RoundCost(beam_seconds / width if width else self.beam_per_width, rest_seconds)
 
 
+def refit_solve_seconds(width: int, dim: int, device: torch.device) -> float:
+    """Expected seconds of the refit's solve, a (`width`)² float64 Cholesky factorisation and `dim` right-hand
+    sides, scaled by its flops from a timed solve of at most 256 unknowns (an overestimate: small solves run
+    below peak speed)."""
+    small, columns = min(width, 256), min(dim, 256)
+    generator = torch.Generator(device=device).manual_seed(0)
+    system = torch.randn(small, small, dtype=torch.float64, device=device, generator=generator)
+    system = system @ system.T + small * torch.eye(small, dtype=torch.float64, device=device)
+    target = torch.ones(small, columns, dtype=torch.float64, device=device)
+    begin = device_clock(device)
+    torch.cholesky_solve(target, torch.linalg.cholesky(system))
+    seconds = device_clock(device) - begin
+    return seconds * (width**3 / 3 + 2 * width**2 * dim) / (small**3 / 3 + 2 * small**2 * columns)
+
+
 def _keep_better(
     matrix: torch.Tensor,
     codebook: torch.Tensor,
@@ -439,170 +463,6 @@ def row_distances(matrix: torch.Tensor, codes: torch.Tensor, codebook: torch.Ten
     parts = [
         torch.linalg.vector_norm(matrix[i : i + size] - decode(codes[i : i + size], codebook), dim=1)
         for i in range(0, matrix.shape[0], size)
-    ]
-    return torch.cat(parts)
-
-
-def kmeans(
-    points: torch.Tensor,
-    num_centroids: int,
-    weights: torch.Tensor,
-    generator: torch.Generator,
-    iterations: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted k-means; returns centroids (K, D) and assignments (n,).
-
-    Progressive-dimension k-means (`progressive_kmeans`), unless Lloyd from k-means++ seeds reaches a lower
-    weighted inertia within `PROBE_ITERATIONS` steps, in which case that run continues instead. The progressive
-    run is the one that matters on embeddings. Mean distance (time) of `residual_beam_init` with 1 thread, this
-    against the former better of two Lloyd runs (k-means++ and density seeds): all-MiniLM-L6-v2 M=16,K=256
-    0.647 (105 s) vs 0.693 (101 s), M=32,K=16 0.753 (88 s) vs 0.827 (76 s); GloVe 50d, 50k rows, M=16,K=256
-    0.660 (49 s) vs 0.681 (33 s), M=32,K=16 0.805 vs 0.813, M=8,K=16 2.744 vs 2.751. The probe is for data of
-    a few well-separated clusters, where Lloyd from k-means++ seeds converges in a few steps and the progressive
-    run alone (from density seeds) can end hundreds of times above the optimum.
-    """
-    best = progressive_kmeans(points, num_centroids, weights, generator, iterations)
-    seeds = _kmeanspp_seeds(points, num_centroids, weights, generator)
-    probe = _lloyd(points, seeds, weights, min(iterations, PROBE_ITERATIONS))
-    if _inertia(points, weights, *probe) >= _inertia(points, weights, *best):
-        return best
-    return _lloyd(points, probe[0], weights, iterations - min(iterations, PROBE_ITERATIONS))
-
-
-def progressive_kmeans(
-    points: torch.Tensor,
-    num_centroids: int,
-    weights: torch.Tensor,
-    generator: torch.Generator,
-    iterations: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted progressive-dimension k-means, as faiss's ProgressiveDimClustering; centroids and assignments.
-
-    Lloyd runs in the leading d principal dimensions of the points for a roughly doubling schedule of d
-    (`_dimension_schedule`), each stage starting from the previous stage's clusters, and ends in all D
-    dimensions with up to `iterations` steps (the earlier stages take at most `STAGE_ITERATIONS`). Clustering
-    the dominant directions first avoids the poor local minima that Lloyd from sampled seeds falls into in
-    high dimensions. Seeds are points drawn by weight (duplicates when there are fewer points than centroids;
-    harmless: the assignment picks the first of equal centroids). Empty clusters keep their previous centroid.
-    """
-    mean, basis = _principal_axes(points, weights)
-    rotated = (points - mean) @ basis
-    schedule = _dimension_schedule(points.shape[1])
-    centroids = _density_seeds(rotated[:, : schedule[0]], num_centroids, weights, generator)
-    assignment = _assign(rotated[:, : schedule[0]], centroids)
-    for dim in schedule:
-        stage = rotated[:, :dim].contiguous()
-        # Carry the clusters over: centroids in the new dimensions are the means of their points there.
-        padded = torch.nn.functional.pad(centroids, (0, dim - centroids.shape[1]))
-        centroids = _centroid_update(stage, assignment, weights, padded)
-        steps = iterations if dim == schedule[-1] else min(iterations, STAGE_ITERATIONS)
-        centroids, assignment = _lloyd(stage, centroids, weights, steps)
-    return centroids @ basis.T + mean, assignment
-
-
-def _principal_axes(points: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean (D,) and principal axes (D, D), columns by decreasing variance, of the points."""
-    total = weights.sum().clamp_min(1e-30)
-    mean = (weights @ points) / total
-    centred = points - mean
-    covariance = (centred.T @ (centred * (weights / total)[:, None])).double()
-    _, axes = torch.linalg.eigh(covariance)
-    return mean, axes.flip(1).to(points.dtype)
-
-
-def _dimension_schedule(dim: int) -> list[int]:
-    """Stage dimensions d_s = round(D^(s/S)), s = 1..S with S = ⌈log₂ D⌉: about doubling, ending at D.
-
-    faiss's 10 stages for every D gained little at D=50 (GloVe, M=16, K=256: 0.658 against 0.660 with 6
-    stages) for 55% more time.
-    """
-    stages = max(1, math.ceil(math.log2(dim)))
-    return sorted({max(1, round(dim ** (s / stages))) for s in range(1, stages)} | {dim})
-
-
-def _lloyd(
-    points: torch.Tensor, centroids: torch.Tensor, weights: torch.Tensor, iterations: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """At most `iterations` weighted Lloyd steps from `centroids`; returns centroids and assignments."""
-    assignment = _assign(points, centroids)
-    for _ in range(iterations):
-        centroids = _centroid_update(points, assignment, weights, centroids)
-        new_assignment = _assign(points, centroids)
-        if torch.equal(new_assignment, assignment):
-            break
-        assignment = new_assignment
-    return centroids, assignment
-
-
-def _centroid_update(
-    points: torch.Tensor, assignment: torch.Tensor, weights: torch.Tensor, previous: torch.Tensor
-) -> torch.Tensor:
-    """Weighted mean of each cluster's points; clusters without weight keep their `previous` centroid.
-
-    Equal weights (unweighted data) skip the weighted (n, D) copy of the points, a third of k-means's time.
-    """
-    if bool((weights == weights[0]).all()):
-        sums = torch.zeros_like(previous).index_add_(0, assignment, points)
-        counts = torch.bincount(assignment, minlength=previous.shape[0]).to(points.dtype)
-        mass = counts * weights[0]
-        return torch.where((mass > 0)[:, None], sums / counts.clamp_min(1.0)[:, None], previous)
-    sums = torch.zeros_like(previous).index_add_(0, assignment, points * weights[:, None])
-    mass = torch.zeros(previous.shape[0], dtype=points.dtype, device=points.device).index_add_(
-        0, assignment, weights
-    )
-    return torch.where((mass > 0)[:, None], sums / mass.clamp_min(1e-30)[:, None], previous)
-
-
-def _inertia(
-    points: torch.Tensor, weights: torch.Tensor, centroids: torch.Tensor, assignment: torch.Tensor
-) -> float:
-    return float((((points - centroids[assignment]) ** 2).sum(dim=1) * weights).sum())
-
-
-def _density_seeds(
-    points: torch.Tensor, num_centroids: int, weights: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """Distinct points drawn with probability ∝ weight (with replacement when there are fewer points than
-    centroids): seeds that follow the density, as faiss's k-means does."""
-    replacement = points.shape[0] < num_centroids
-    chosen = torch.multinomial(weights + 1e-12, num_centroids, replacement=replacement, generator=generator)
-    return points[chosen].clone()
-
-
-def _kmeanspp_seeds(
-    points: torch.Tensor, num_centroids: int, weights: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """k-means++ seeding on a random subsample of at most 64·K points (weighted by `weights`)."""
-    sample_size = min(points.shape[0], 64 * num_centroids)
-    sample = torch.multinomial(weights + 1e-12, sample_size, replacement=False, generator=generator)
-    candidates, candidate_weights = points[sample], weights[sample] + 1e-12
-    norms = (candidates**2).sum(dim=1)
-    chosen = torch.empty(num_centroids, dtype=torch.long, device=points.device)
-    chosen[0] = torch.multinomial(candidate_weights, 1, generator=generator)[0]
-    nearest = _squared_distances_to(candidates, norms, int(chosen[0]))
-    for k in range(1, num_centroids):
-        mass = nearest * candidate_weights
-        # All remaining mass zero: every candidate coincides with a centroid, so any pick is as good.
-        probabilities = torch.where(mass.sum() > 0, mass, candidate_weights)
-        chosen[k] = torch.multinomial(probabilities, 1, generator=generator)[0]
-        nearest = torch.minimum(nearest, _squared_distances_to(candidates, norms, int(chosen[k])))
-    return candidates[chosen].clone()
-
-
-def _squared_distances_to(points: torch.Tensor, norms: torch.Tensor, index: int) -> torch.Tensor:
-    """||p − points[index]||² for every point as ||p||² − 2⟨p, q⟩ + ||q||²: one matrix-vector product, no (n, D)
-    temporary (which made seeding take 18 s per codebook at D=384)."""
-    return (norms - 2.0 * (points @ points[index]) + norms[index]).clamp_min(0.0)
-
-
-def _assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centroid of every point, in cache-sized chunks (2.4× faster than 8M-element chunks
-    for K=256 in 7 dimensions, the early stages of `progressive_kmeans`)."""
-    norms = (centroids**2).sum(dim=1)
-    size = _chunk_size(centroids.shape[0], CACHE_CHUNK_ELEMENTS)
-    parts = [
-        torch.addmm(norms, points[i : i + size], centroids.T, alpha=-2.0).argmin(dim=1)
-        for i in range(0, points.shape[0], size)
     ]
     return torch.cat(parts)
 
@@ -714,46 +574,65 @@ def residual_beam_init(
     iterations: int,
     beam_size: int,
     seconds: float | None = None,
+    spare: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual quantization trained along a beam search; returns the codebook (M, K, D) and codes (N, M).
 
     Codebook m is weighted k-means of the residuals that the best beam entry of each row leaves after
-    codebooks 0..m−1; the beam then extends by codebook m. Training runs on a row sample, drawn by weight, that
-    bounds memory (all rows when they fit); the sample's codes are its beams' best, the other rows are encoded
-    afterwards. With `seconds`, beams narrow (down to greedy residual quantization) where the time measured so
-    far says the initialisation would not fit in that many seconds: first the encoding of the rows outside the
-    sample, then the training beam. k-means is never shortened. With rows sharded over ranks, each rank draws
-    its part of the sample in proportion to its share of the weight (`sample_counts`), rank 0 trains on the
-    gathered sample and every rank encodes its own rows (rank 0's sample codes are not reused: its sample rows are
-    spread over every shard): a codebook trained on rank 0's shard alone fits the other shards worse (the
-    first 20,000 GloVe rows, frequency-ordered, 2 ranks, M=16, K=256, 3 rounds: 0.521 mean distance; from the
-    gathered sample 0.436, one process 0.435).
+    codebooks 0..m−1; the beam then extends by codebook m. Training runs on a row sample, drawn by weight, whose
+    beams (and copy, unless it is all rows) fit the working memory of `_work_elements`; the sample's codes are
+    its beams' best, the other rows are encoded afterwards. With `seconds`, the work scales to fit that many
+    seconds, from costs measured before the first stage and after each (`_InitPlan`): the encoding beam of the
+    rows outside the sample narrows first, then k-means's iterations, the training beam, k-means's points and
+    its iterations down to one (down to greedy residual quantization on seeds). The `spare` seconds after those
+    are the refit rounds'; the initialisation takes them too where its measured costs say that not even a round
+    without beam search would fit in them (`_InitPlan.available`). With rows sharded over ranks,
+    each rank draws its part of the sample in proportion to its share of the weight (`sample_counts`), rank 0
+    trains on the gathered sample and every rank encodes its own rows (rank 0's sample codes are not reused: its
+    sample rows are spread over every shard): a codebook trained on rank 0's shard alone fits the other shards
+    worse (the first 20,000 GloVe rows, frequency-ordered, 2 ranks, M=16, K=256, 3 rounds: 0.521 mean distance;
+    from the gathered sample 0.436, one process 0.435).
     """
     start = time.monotonic()
     num_rows, dim = matrix.shape
     shards = shard_rows(num_rows, matrix.device)
+    work = _work_elements(num_rows, dim)
     # Beams persist for the whole sample: codes and scores, plus residuals unless scoring uses tables.
     state = beam_size * (
         num_codebooks + 1 + (0 if _uses_lookup_tables(num_codebooks, codebook_size, dim) else dim)
     )
-    sample_rows = min(sum(shards), max(64 * codebook_size, 16 * CHUNK_ELEMENTS // state))
+    whole = not is_sharded() and num_rows * state <= work  # the sample is the matrix itself, not a copy
+    sample_rows = sum(shards) if whole else min(sum(shards), max(64 * codebook_size, work // (state + dim)))
+    sample = None
     if is_sharded():
-        sample = None
         rows, weights = _gathered_sample(matrix, row_weights, shards, sample_rows, generator)
         encoded_per_sample_row = max(shards) / sample_rows  # each rank encodes all its rows, side by side
+    elif whole:
+        rows, weights, encoded_per_sample_row = matrix, row_weights, 0.0
     else:
         sample = torch.multinomial(row_weights + 1e-12, sample_rows, replacement=False, generator=generator)
         rows, weights = matrix[sample], row_weights[sample]
         encoded_per_sample_row = (num_rows - sample_rows) / sample_rows
     codebook = matrix.new_zeros(num_codebooks, codebook_size, dim)
-    plan = _InitPlan(beam_size, beam_size, encoded_per_sample_row)
+    points = min(sample_rows, max(256 * codebook_size, KMEANS_POINTS), work // (KMEANS_COPIES * dim))
+    points = max(min(sample_rows, codebook_size), points)
+    plan = _InitPlan(
+        beam_size,
+        beam_size,
+        encoded_per_sample_row,
+        beam_size,
+        points,
+        iterations,
+        points,
+        iterations,
+        spare=spare,
+    )
     sample_codes = None
     if rank_and_size()[0] == 0:
         assert rows is not None  # the gathered sample is rank 0's
         assert weights is not None
-        sample_codes, plan = _train_residual(
-            rows, weights, codebook, generator, iterations, plan, seconds, start
-        )
+        sample_codes, plan = _train_residual(rows, weights, codebook, generator, plan, seconds, start)
+    del rows, weights
     broadcast(codebook)
     training_beam, encoding_beam = (
         int(width) for width in agreed([plan.training_beam, plan.encoding_beam], matrix.device)
@@ -765,6 +644,8 @@ def residual_beam_init(
             training_beam,
             encoding_beam,
         )
+    if whole:
+        return codebook, sample_codes
     if sample is None:
         return codebook, beam_search(matrix, codebook, encoding_beam)
     codes = torch.empty(num_rows, num_codebooks, dtype=torch.long, device=matrix.device)
@@ -777,6 +658,12 @@ def residual_beam_init(
         chunk = outside[i : i + sample_rows]
         codes[chunk] = beam_search(matrix[chunk], codebook, encoding_beam)
     return codebook, codes
+
+
+def _work_elements(rows: int, dim: int) -> int:
+    """Float elements the initialisation may hold beyond the input: a quarter of the input, at least
+    `MIN_WORK_ELEMENTS`, so that peak memory is the input + 25% (or 512 MiB) + O(rows × M)."""
+    return max(rows * dim // 4, MIN_WORK_ELEMENTS)
 
 
 def _gathered_sample(
@@ -826,27 +713,38 @@ def _train_residual(
     weights: torch.Tensor,
     codebook: torch.Tensor,
     generator: torch.Generator,
-    iterations: int,
     plan: _InitPlan,
     seconds: float | None,
     start: float,
 ) -> tuple[torch.Tensor, _InitPlan]:
     """Train `codebook` (M, K, D; filled in place) stage by stage on the sample `rows`; returns the sample's
     codes (its beams' best) and the plan with the beam widths that fit `seconds` from `start`."""
-    num_codebooks, codebook_size, _ = codebook.shape
+    num_codebooks, codebook_size, dim = codebook.shape
     sample_rows = rows.shape[0]
-    size = _chunk_size(
-        _beam_elements_per_row(num_codebooks, codebook_size, rows.shape[1], plan.training_beam)
-    )
+    if seconds is not None:
+        plan = plan.estimated(rows, num_codebooks, codebook_size)
+    size = _chunk_size(_beam_elements_per_row(num_codebooks, codebook_size, dim, plan.max_beam))
     starts = range(0, sample_rows, size)
     beams = [_Beam.start(rows[i : i + size], num_codebooks, codebook_size) for i in starts]
-    points = min(sample_rows, max(256 * codebook_size, KMEANS_POINTS))
     for m in range(num_codebooks):
+        if seconds is not None:
+            remaining = plan.available(seconds) - (time.monotonic() - start)
+            fitted = plan.fitted(num_codebooks - m, num_codebooks, remaining)
+            work = (fitted.points, fitted.iterations, fitted.training_beam)
+            if work != (plan.points, plan.iterations, plan.training_beam):
+                logger.info(
+                    "Initial codebook %d: k-means on %d points, %d iterations, training beam %d to fit the "
+                    "time budget",
+                    m,
+                    *work,
+                )
+            plan = fitted
         stage_start = device_clock(rows.device)
-        chosen = torch.randperm(sample_rows, generator=generator, device=rows.device)[:points]
+        chosen = torch.randperm(sample_rows, generator=generator, device=rows.device)[: plan.points]
         best_codes = torch.cat([beam.codes[:, 0] for beam in beams])[chosen].long()
         residuals = rows[chosen] - decode(best_codes, codebook[:m]) if m else rows[chosen]
-        codebook[m], _ = kmeans(residuals, codebook_size, weights[chosen], generator, iterations)
+        codebook[m], _ = kmeans(residuals, codebook_size, weights[chosen], generator, plan.iterations)
+        del residuals
         norms, cross = _stage_tables(codebook[:m], codebook[m])
         extend_start = device_clock(rows.device)
         beams = [
@@ -855,48 +753,108 @@ def _train_residual(
         ]
         if seconds is not None:
             plan = plan.measured(extend_start - stage_start, device_clock(rows.device) - extend_start)
-            plan = plan.fitted(num_codebooks - m - 1, num_codebooks, seconds - (time.monotonic() - start))
     return torch.cat([beam.codes[:, 0] for beam in beams]).long(), plan
 
 
 @dataclass(frozen=True)
 class _InitPlan:
-    """Beam widths of `residual_beam_init`, and the seconds it measured per stage: k-means, and extending the
-    sample's beams per unit of beam width (a beam step's cost grows with its width)."""
+    """Beam widths and k-means work (points, iterations) of `residual_beam_init`, and the costs it measured per
+    stage: seconds per k-means point per full-dimension Lloyd step (`step_equivalents`), and seconds of
+    extending the sample's beams per unit of beam width (a beam step's cost grows with its width)."""
 
     training_beam: int
     encoding_beam: int
     #: Rows encoded after training per sample row (outside the sample; with rows sharded, the largest shard).
     outside_share: float
-    kmeans_seconds: float = 0.0
+    #: The widest beams and the most k-means points and iterations: `fitted` scales the work down from them.
+    max_beam: int
+    max_points: int
+    max_iterations: int
+    points: int
+    iterations: int
+    num_codebooks: int = 1
+    codebook_size: int = 1
+    dim: int = 1
+    step_seconds: float = 0.0
     extend_seconds: float = 0.0
+    #: Seconds after the initialisation's own that the refit rounds have (see `available`).
+    spare: float = 0.0
+    #: False while the costs are the estimates of `estimated`: the first measurement replaces them.
+    calibrated: bool = False
 
-    def measured(self, kmeans_seconds: float, extend_seconds: float) -> _InitPlan:
-        """The plan with the costs of a stage just measured (the slowest stage so far counts: later stages
-        carry longer codes)."""
+    def estimated(self, rows: torch.Tensor, num_codebooks: int, codebook_size: int) -> _InitPlan:
+        """The plan with costs estimated before any stage, on up to 2,048 sample rows with K of them as
+        codewords: the seconds per point-step from one assignment (× 1.5 for the centroid updates), and those of
+        a beam step per unit of width from one greedy step."""
+        probe = rows[: min(rows.shape[0], 2048)]
+        words = rows[:codebook_size]
+        norms, cross = _stage_tables(words[None, :0], words)
+        begin = device_clock(rows.device)
+        assign(probe, words)
+        assigned = device_clock(rows.device)
+        _Beam.start(probe, num_codebooks, codebook_size).extend(probe, words, norms, cross, 1)
+        extended = device_clock(rows.device)
+        share = rows.shape[0] / probe.shape[0]
         return dataclasses.replace(
             self,
-            kmeans_seconds=max(self.kmeans_seconds, kmeans_seconds),
-            extend_seconds=max(self.extend_seconds, extend_seconds / self.training_beam),
+            num_codebooks=num_codebooks,
+            codebook_size=codebook_size,
+            dim=rows.shape[1],
+            step_seconds=1.5 * (assigned - begin) / probe.shape[0],
+            extend_seconds=(extended - assigned) * share,
         )
 
-    def seconds(self, stages_left: int, num_codebooks: int, training: int, encoding: int) -> float:
+    def available(self, seconds: float) -> float:
+        """The initialisation's seconds: `seconds`, plus the `spare` ones when the costs measured say that not
+        even a round without beam search would fit in them. Such a round runs four ICM sweeps over every row,
+        each about as costly per row as a beam step of width 1; the rows are 1 + `outside_share` sample rows."""
+        round_floor = 4 * self.extend_seconds * self.num_codebooks * (1.0 + self.outside_share)
+        return seconds + self.spare if self.calibrated and round_floor > self.spare else seconds
+
+    def kmeans_seconds(self, points: int, iterations: int) -> float:
+        """Expected seconds of one k-means run on `points` points with `iterations` Lloyd steps."""
+        steps = step_equivalents(points, self.codebook_size, self.dim, iterations)
+        return self.step_seconds * points * steps
+
+    def measured(self, kmeans_seconds: float, extend_seconds: float) -> _InitPlan:
+        """The plan with the costs of the stage just measured: the latest stage is the best guess of the next
+        (codes grow longer, and the machine's load changes; a slowest-so-far rule kept the estimate of a first
+        k-means run on few points, whose fixed costs are large per point, and starved every later one)."""
+        steps = step_equivalents(self.points, self.codebook_size, self.dim, self.iterations)
+        return dataclasses.replace(
+            self,
+            step_seconds=kmeans_seconds / (self.points * steps),
+            extend_seconds=extend_seconds / self.training_beam,
+            calibrated=True,
+        )
+
+    def seconds(self, stages_left: int, num_codebooks: int) -> float:
         """Expected seconds of the `stages_left` training stages and the encoding outside the sample."""
-        encoding_seconds = self.outside_share * num_codebooks * self.extend_seconds * encoding
-        return stages_left * (self.kmeans_seconds + self.extend_seconds * training) + encoding_seconds
+        encoding = self.outside_share * num_codebooks * self.extend_seconds * self.encoding_beam
+        kmeans_seconds = self.kmeans_seconds(self.points, self.iterations)
+        return stages_left * (kmeans_seconds + self.extend_seconds * self.training_beam) + encoding
 
     def fitted(self, stages_left: int, num_codebooks: int, remaining: float) -> _InitPlan:
-        """The widest beams, narrowing the encoding before the training, expected to fit `remaining` seconds."""
-        training, encoding = self.training_beam, self.encoding_beam
-        while (
-            encoding > 1
-            and self.outside_share
-            and self.seconds(stages_left, num_codebooks, training, encoding) > remaining
-        ):
-            encoding //= 2
-        while training > 1 and self.seconds(stages_left, num_codebooks, training, encoding) > remaining:
-            training //= 2
-        return dataclasses.replace(self, training_beam=training, encoding_beam=encoding)
+        """The most work expected to fit `remaining` seconds: from the widest beams and the most k-means work
+        (so that time left buys back what an earlier estimate cut), it narrows the encoding beam, then k-means's
+        iterations (down to `STAGE_ITERATIONS`) and points (down to 64 per centroid), the training beam, then
+        k-means's points (down to K) and iterations (down to 1)."""
+        beam, points, iterations = self.max_beam, self.max_points, self.max_iterations
+        plan = dataclasses.replace(
+            self, training_beam=beam, encoding_beam=beam, points=points, iterations=iterations
+        )
+        steps = (
+            ("encoding_beam", 1 if self.outside_share else beam),
+            ("iterations", min(iterations, STAGE_ITERATIONS)),
+            ("points", min(points, 64 * self.codebook_size)),
+            ("training_beam", 1),
+            ("points", min(points, self.codebook_size)),
+            ("iterations", min(iterations, 1)),
+        )
+        for name, floor in steps:
+            while getattr(plan, name) > floor and plan.seconds(stages_left, num_codebooks) > remaining:
+                plan = dataclasses.replace(plan, **{name: max(floor, getattr(plan, name) // 2)})
+        return plan
 
 
 def icm(matrix: torch.Tensor, codes: torch.Tensor, codebook: torch.Tensor, sweeps: int) -> torch.Tensor:
@@ -1014,7 +972,11 @@ def _validate(matrix: torch.Tensor, num_codebooks: int, codebook_size: int, beam
         raise ValueError(f"matrix has shape {tuple(matrix.shape)}; it needs at least one row and one column.")
     if not matrix.is_floating_point():
         raise ValueError(f"matrix must be floating point, got {matrix.dtype}; convert it with .float().")
-    if not bool(torch.isfinite(matrix).all()):
+    rows_per_chunk = _chunk_size(matrix.shape[1])
+    if not all(
+        bool(torch.isfinite(matrix[i : i + rows_per_chunk]).all())
+        for i in range(0, matrix.shape[0], rows_per_chunk)
+    ):
         raise ValueError("matrix contains NaN or Inf values; clean or drop those rows first.")
     if num_codebooks < 1 or codebook_size < 2:
         raise ValueError(
