@@ -28,6 +28,7 @@ from dccl_hf.integration.config import DcclConfig
 from dccl_hf.integration.guard import guard_key_patterns, guard_tensors, skip_guards_in_load_state_dict
 from dccl_hf.integration.model import (
     build_compressed_modules,
+    compressed_aliases,
     decompress_modules,
     resize_with_codes,
 )
@@ -70,8 +71,14 @@ class DcclHfQuantizer(HfQuantizer):
     def get_state_dict_and_metadata(
         self, model: PreTrainedModel
     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The state dict `save_pretrained` (and so `push_to_hub`) writes: the model's, plus the load guards."""
-        return {**model.state_dict(), **guard_tensors(model, self.quantization_config)}, {}
+        """The state dict `save_pretrained` (and so `push_to_hub`) writes: the model's, plus the load guards.
+
+        The codes of a compressed module reached under several names are saved under each (transformers
+        dedupes tied parameters only, here the codebook); the copies keep its shared-tensor check quiet."""
+        state_dict = model.state_dict()
+        for alias in compressed_aliases(model, self.quantization_config):
+            state_dict[f"{alias}.packed_codes"] = state_dict[f"{alias}.packed_codes"].clone()
+        return {**state_dict, **guard_tensors(model, self.quantization_config)}, {}
 
     def is_serializable(self) -> bool:
         return True
