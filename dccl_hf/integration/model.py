@@ -19,6 +19,7 @@ import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 
+from dccl_hf._compat import allow_dtype_casts
 from dccl_hf.checks import is_integer
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import (
@@ -222,6 +223,30 @@ def build_compressed_modules(model: PreTrainedModel, config: DcclConfig) -> None
     config.shared_head = bool(head_name)
 
 
+def init_compressed_modules(model: PreTrainedModel) -> PreTrainedModel:
+    """Ready a dense model built from a dccl checkpoint's config for that checkpoint's weights; returns it.
+
+    For loaders other than `from_pretrained` (which does this itself): accelerate's ``init_empty_weights()`` +
+    ``AutoModel*.from_config(config)`` then ``load_checkpoint_and_dispatch(model, folder, device_map=...)``, or
+    plain `load_state_dict`. The modules named by ``model.config.quantization_config`` become empty compressed
+    ones on the model's device (the meta device included), and the model gets the dccl quantizer, as if loaded.
+    """
+    config = getattr(model.config, "quantization_config", None)
+    if isinstance(config, dict) and config.get("quant_method") == QUANT_METHOD:
+        config = DcclConfig.from_dict(config)
+    if not isinstance(config, DcclConfig):
+        raise ValueError(
+            f"{type(model).__name__}'s config has no dccl quantization_config: build the model from the config of "
+            "a dccl-compressed checkpoint (AutoConfig.from_pretrained(folder)), or compress it with "
+            "model.resize_with_codes(...)."
+        )
+    if isinstance(model.get_input_embeddings(), CompressedEmbedding):
+        raise ValueError(f"{type(model).__name__} is already compressed.")
+    build_compressed_modules(model, config)
+    _attach_quantizer(model, config)
+    return model
+
+
 def _install_input_embeddings(
     model: PreTrainedModel, compressed: CompressedEmbedding
 ) -> tuple[str, str | None]:
@@ -373,8 +398,8 @@ def _attach_quantizer(model: PreTrainedModel, config: DcclConfig) -> None:
     skip_guards_in_load_state_dict(model)
     model.config.quantization_config = config
     model.hf_quantizer = DcclHfQuantizer(config, pre_quantized=True)
-    model.is_quantized = True
     model.quantization_method = QUANT_METHOD
+    allow_dtype_casts(model)
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor:

@@ -22,6 +22,7 @@ from transformers.quantizers.auto import (
     register_quantizer,
 )
 
+from dccl_hf._compat import allow_dtype_casts
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.integration import QUANT_METHOD
 from dccl_hf.integration.config import DcclConfig
@@ -60,6 +61,7 @@ class DcclHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> PreTrainedModel:
+        allow_dtype_casts(model)
         return model
 
     def _dequantize(self, model: PreTrainedModel, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
