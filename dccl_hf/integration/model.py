@@ -39,6 +39,7 @@ from dccl_hf.integration.embeddings import (
 )
 from dccl_hf.integration.guard import skip_guards_in_load_state_dict
 from dccl_hf.integration.layer import CompressedLMHead
+from dccl_hf.integration.tying import follow_input_embeddings
 from dccl_hf.learning import compress
 from dccl_hf.learning.additive import beam_search
 from dccl_hf.metrics import reconstruction_report
@@ -275,7 +276,9 @@ def _install_input_embeddings(
             "table and would silently discard the others. Tie them first or compress a model that shares them."
         )
     if head_name is not None:
-        model.set_output_embeddings(CompressedLMHead(compressed, bias=_head_bias(head, compressed)))
+        compressed_head = CompressedLMHead(compressed, bias=_head_bias(head, compressed))
+        follow_input_embeddings(model, compressed_head, embedding_name)
+        model.set_output_embeddings(compressed_head)
     _set_tied_keys(model, tied_keys)
     return embedding_name, head_name
 
