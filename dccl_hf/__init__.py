@@ -13,7 +13,7 @@ from dccl_hf.packing import pack_codes, unpack_codes
 
 if TYPE_CHECKING:
     from dccl_hf.fidelity.budget import smallest_codes
-    from dccl_hf.integration.model import resize_with_codes
+    from dccl_hf.integration.model import init_compressed_modules, resize_with_codes
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,7 @@ __all__ = [
     "__version__",
     "compress",
     "export_onnx",
+    "init_compressed_modules",
     "pack_codes",
     "reconstruction_report",
     "resize_with_codes",
@@ -32,7 +33,12 @@ __all__ = [
 
 #: Public names whose modules import transformers (seconds), imported on first use.
 __getattr__ = lazy_attributes(
-    __name__, {"resize_with_codes": "dccl_hf.integration.model", "smallest_codes": "dccl_hf.fidelity.budget"}
+    __name__,
+    {
+        "init_compressed_modules": "dccl_hf.integration.model",
+        "resize_with_codes": "dccl_hf.integration.model",
+        "smallest_codes": "dccl_hf.fidelity.budget",
+    },
 )
 
 

@@ -15,6 +15,16 @@ from torch._subclasses.fake_tensor import is_fake
 from dccl_hf.checks import is_integer
 from dccl_hf.packing import bits_per_code, pack_codes, packed_row_bytes, unpack_codes
 
+#: Why a `CompressedEmbedding` has no ``weight``, for code written for `nn.Embedding` that reads it.
+NO_WEIGHT = (
+    "CompressedEmbedding has no dense 'weight': its table is stored as packed codes and a codebook "
+    "(reconstruct() builds the dense table, to_embedding() a dense nn.Embedding). Code that needs a dense "
+    "weight does not apply to it, e.g. PEFT's trainable_token_indices (train the codebook instead with "
+    'modules_to_save=["embed_tokens"]) or AutoPeftModel*.from_pretrained of an adapter folder holding a tokenizer '
+    "(load the base with AutoModel*.from_pretrained after `import dccl_hf`, then PeftModel.from_pretrained(base, "
+    "adapter_folder)); model.dequantize() turns a compressed model back into a dense one."
+)
+
 
 class CompressedEmbedding(
     nn.Module,
@@ -231,6 +241,14 @@ class CompressedEmbedding(
         if self.padding_idx is not None:
             rows = rows.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
         return rows
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "weight":  # the usual nn.Embedding attribute: say why it is missing and what to do
+                raise AttributeError(NO_WEIGHT) from None
+            raise
 
     def to_embedding(self) -> nn.Embedding:
         """An equivalent dense `nn.Embedding` (same device and dtype)."""

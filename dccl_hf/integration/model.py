@@ -19,6 +19,7 @@ import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 
+from dccl_hf._compat import allow_dtype_casts
 from dccl_hf.checks import is_integer
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import (
@@ -32,8 +33,15 @@ from dccl_hf.fidelity.head import DEFAULT_FLOOR, head_second_moment, tied_head_w
 from dccl_hf.fidelity.sensitivity import embedding_sensitivity
 from dccl_hf.integration import QUANT_METHOD
 from dccl_hf.integration.config import DcclConfig
+from dccl_hf.integration.embeddings import (
+    TransformedCompressedEmbedding,
+    check_compressible,
+    compressed_like,
+    empty_compressed_like,
+)
 from dccl_hf.integration.guard import skip_guards_in_load_state_dict
 from dccl_hf.integration.layer import CompressedLMHead
+from dccl_hf.integration.tying import follow_input_embeddings
 from dccl_hf.learning import compress
 from dccl_hf.learning.additive import beam_search
 from dccl_hf.metrics import reconstruction_report
@@ -101,6 +109,7 @@ def resize_with_codes(
     current = model.get_input_embeddings()
     if current is None:
         raise ValueError(f"{type(model).__name__} has no input embeddings (get_input_embeddings() is None).")
+    check_compressible(current)
     dense = None if isinstance(current, CompressedEmbedding) else _dense_weight(current)
     texts = calibration_texts(calibration) if calibration is not None else None
     head = model.get_output_embeddings()
@@ -175,6 +184,7 @@ def resize_with_codes(
     if new_num_tokens is not None:
         mean_row = dense.mean(0) if dense is not None else _mean_row(compressed)
         compressed = resize_compressed(compressed, new_num_tokens, mean_row)
+    compressed = compressed_like(current, compressed)
     config = compress_modules(model, compressed)
     if teacher is not None:
         options = (TIED_HEAD_DISTILLATION if head_is_tied else {}) | (distill_options or {})
@@ -264,20 +274,37 @@ def build_compressed_modules(model: PreTrainedModel, config: DcclConfig) -> None
             f"This checkpoint compresses {config.modules}, but dccl_hf only rebuilds the input embeddings "
             f"({current_name} in {type(model).__name__}); load it with the model class it was saved from."
         )
-    dense = _dense_weight(current)
-    compressed = CompressedEmbedding(
-        dense.shape[0],
-        dense.shape[1],
-        config.num_codebooks,
-        config.codebook_size,
-        padding_idx=getattr(current, "padding_idx", None),
-        dtype=dense.dtype,
-        device=dense.device,
+    compressed = empty_compressed_like(
+        current, config.num_codebooks, config.codebook_size, _dense_weight(current)
     )
     embedding_name, head_name = _install_input_embeddings(model, compressed)
     config.modules = [embedding_name]
     config.tied_heads = {head_name: embedding_name} if head_name else {}
     config.shared_head = bool(head_name)
+
+
+def init_compressed_modules(model: PreTrainedModel) -> PreTrainedModel:
+    """Ready a dense model built from a dccl checkpoint's config for that checkpoint's weights; returns it.
+
+    For loaders other than `from_pretrained` (which does this itself): accelerate's ``init_empty_weights()`` +
+    ``AutoModel*.from_config(config)`` then ``load_checkpoint_and_dispatch(model, folder, device_map=...)``, or
+    plain `load_state_dict`. The modules named by ``model.config.quantization_config`` become empty compressed
+    ones on the model's device (the meta device included), and the model gets the dccl quantizer, as if loaded.
+    """
+    config = getattr(model.config, "quantization_config", None)
+    if isinstance(config, dict) and config.get("quant_method") == QUANT_METHOD:
+        config = DcclConfig.from_dict(config)
+    if not isinstance(config, DcclConfig):
+        raise ValueError(
+            f"{type(model).__name__}'s config has no dccl quantization_config: build the model from the config of "
+            "a dccl-compressed checkpoint (AutoConfig.from_pretrained(folder)), or compress it with "
+            "model.resize_with_codes(...)."
+        )
+    if isinstance(model.get_input_embeddings(), CompressedEmbedding):
+        raise ValueError(f"{type(model).__name__} is already compressed.")
+    build_compressed_modules(model, config)
+    _attach_quantizer(model, config)
+    return model
 
 
 def _install_input_embeddings(
@@ -293,9 +320,24 @@ def _install_input_embeddings(
     embedding_name = names[id(current)]
     head_name = names[id(head)] if head is not None and _is_tied(model, head, current, names) else None
     tied_keys = _tied_keys_without(model, embedding_name, head_name)
+    shared = _modules_sharing(model, current, embedding_name)
     model.set_input_embeddings(compressed)
+    separate = sorted(
+        name
+        for name, module in model.named_modules(remove_duplicate=False)
+        if module is compressed and name not in shared
+    )
+    if separate:
+        model.set_input_embeddings(current)
+        raise ValueError(
+            f"{type(model).__name__}.set_input_embeddings also replaces {separate}, which hold their own table, "
+            f"not {embedding_name}'s (e.g. an encoder-decoder with untied embeddings): dccl_hf compresses one "
+            "table and would silently discard the others. Tie them first or compress a model that shares them."
+        )
     if head_name is not None:
-        model.set_output_embeddings(CompressedLMHead(compressed, bias=_head_bias(head, compressed)))
+        compressed_head = CompressedLMHead(compressed, bias=_head_bias(head, compressed))
+        follow_input_embeddings(model, compressed_head, embedding_name)
+        model.set_output_embeddings(compressed_head)
     _set_tied_keys(model, tied_keys)
     return embedding_name, head_name
 
@@ -355,6 +397,10 @@ def resize_compressed(
 def reconstruction_metrics(dense: torch.Tensor, compressed: CompressedEmbedding) -> dict[str, float]:
     """The finite distance and similarity figures of `dccl_hf.metrics.reconstruction_report`, for the config,
     over the rows both tables have (a resize adds rows without an original or drops some)."""
+    if isinstance(compressed, TransformedCompressedEmbedding):  # compare the tables, before scale or norm
+        compressed = CompressedEmbedding.from_codes(
+            compressed.codes, compressed.codebook.detach(), compressed.padding_idx
+        )
     rows = min(dense.shape[0], compressed.num_embeddings)
     if rows != compressed.num_embeddings:  # only drops rows, so the mean row it would add rows with is unused
         compressed = resize_compressed(compressed, rows, dense.mean(0))
@@ -368,16 +414,43 @@ def is_compressed(model: nn.Module) -> bool:
     return isinstance(config, DcclConfig)
 
 
+def _modules_sharing(model: PreTrainedModel, embedding: nn.Module, embedding_name: str) -> set[str]:
+    """Names of the modules that are `embedding`, or whose weight is its weight or tied to it by the model
+    (directly or through other tied weights)."""
+    tied = {key.removesuffix(".weight") for key in _tied_weights(model, f"{embedding_name}.weight")}
+    return {
+        name
+        for name, module in model.named_modules(remove_duplicate=False)
+        if module is embedding or name in tied or _shares_weight(module, embedding)
+    }
+
+
+def _shares_weight(module: nn.Module, embedding: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return weight is not None and weight is getattr(embedding, "weight", None)
+
+
 def _is_tied(model: PreTrainedModel, head: nn.Module, embedding: nn.Module, names: dict[int, str]) -> bool:
     """Whether `head` shares `embedding`'s table: already compressed, the same weight, or tied by the model's
     mapping (inside `from_pretrained` the weights are tied only after loading)."""
     if isinstance(head, CompressedLMHead):
         return True
-    weight = getattr(head, "weight", None)
-    if weight is not None and weight is getattr(embedding, "weight", None):
+    if _shares_weight(head, embedding):
         return True
-    pair = {f"{names[id(head)]}.weight", f"{names[id(embedding)]}.weight"}
-    return any({target, source} == pair for target, source in model.all_tied_weights_keys.items())
+    return f"{names[id(head)]}.weight" in _tied_weights(model, f"{names[id(embedding)]}.weight")
+
+
+def _tied_weights(model: PreTrainedModel, weight: str) -> set[str]:
+    """`weight` and the weights the model's mapping ties to it, directly or through others (an encoder's and a
+    decoder's embeddings and the head all tied to ``shared``)."""
+    tied, grown = {weight}, True
+    while grown:
+        grown = False
+        for pair in model.all_tied_weights_keys.items():
+            if tied.intersection(pair) and not tied.issuperset(pair):
+                tied.update(pair)
+                grown = True
+    return tied
 
 
 def _attach_quantizer(model: PreTrainedModel, config: DcclConfig) -> None:
@@ -387,8 +460,8 @@ def _attach_quantizer(model: PreTrainedModel, config: DcclConfig) -> None:
     skip_guards_in_load_state_dict(model)
     model.config.quantization_config = config
     model.hf_quantizer = DcclHfQuantizer(config, pre_quantized=True)
-    model.is_quantized = True
     model.quantization_method = QUANT_METHOD
+    allow_dtype_casts(model)
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor:
@@ -471,15 +544,19 @@ def _tied_keys_without(
 ) -> list[tuple[PreTrainedModel, dict[str, str], dict[str, str]]]:
     """Each sub-model's tied-weight mappings with the head-weight ↔ embedding-weight pair left out.
 
-    Computed before the swap (expanding a mapping looks the dense weights up) and applied after it.
+    Computed before the swap (expanding a mapping looks the dense weights up) and applied after it. Pairs that
+    tie another embedding to the input embeddings (an encoder-decoder's ``encoder.embed_tokens`` to ``shared``)
+    are kept and turned into codebook and codes pairs by `_set_tied_keys` if the swap shared the module.
     """
     removed = {f"{embedding_name}.weight"} | ({f"{head_name}.weight"} if head_name else set())
+    head_weight = {f"{head_name}.weight"} if head_name else set()
     result = []
     for prefix, module in _pretrained_submodels(model):
         full = f"{prefix}." if prefix else ""
 
         def keep(item: tuple[str, str], full: str = full) -> bool:
-            return not ({full + item[0], full + item[1]} & removed)
+            pair = {full + item[0], full + item[1]}
+            return not pair & removed or (len(pair & removed) == 1 and not pair & head_weight)
 
         own = dict(filter(keep, module.get_expanded_tied_weights_keys(all_submodels=False).items()))
         merged = dict(filter(keep, getattr(module, "all_tied_weights_keys", {}).items()))
@@ -491,8 +568,43 @@ def _set_tied_keys(
     model: PreTrainedModel, tied_keys: list[tuple[PreTrainedModel, dict[str, str], dict[str, str]]]
 ) -> None:
     for module, own, merged in tied_keys:
-        module._tied_weights_keys = own
-        module.all_tied_weights_keys = merged
+        module._tied_weights_keys = _compressed_tied_keys(module, own)
+        module.all_tied_weights_keys = _compressed_tied_keys(module, merged)
+
+
+def _compressed_tied_keys(module: nn.Module, tied: dict[str, str]) -> dict[str, str]:
+    """`tied` with weight pairs between two names of one `CompressedEmbedding` turned into codebook pairs (the
+    codes, a buffer, are deduplicated by `alias_keys`); pairs to a weight that no longer exists are dropped."""
+    result = {}
+    for target, source in tied.items():
+        modules = [_submodule_of(module, key) for key in (target, source)]
+        if isinstance(modules[0], CompressedEmbedding) and modules[0] is modules[1]:
+            result[f"{target.removesuffix('.weight')}.codebook"] = (
+                f"{source.removesuffix('.weight')}.codebook"
+            )
+        elif not any(isinstance(found, CompressedEmbedding) for found in modules):
+            result[target] = source
+    return result
+
+
+def compressed_aliases(model: nn.Module, config: DcclConfig) -> list[str]:
+    """Second names of compressed modules (``encoder.embed_tokens`` sharing ``shared``). Their codebook is tied
+    (`_compressed_tied_keys`) and stored once; their codes, a buffer, are saved under each name, because
+    transformers ties parameters only and would fill a buffer missing from the checkpoint with garbage."""
+    compressed = {id(model.get_submodule(name)): name for name in config.modules}
+    return [
+        name
+        for name, module in model.named_modules(remove_duplicate=False)
+        if compressed.get(id(module), name) != name
+    ]
+
+
+def _submodule_of(module: nn.Module, key: str) -> nn.Module | None:
+    """The module owning parameter `key` (e.g. ``encoder.embed_tokens.weight``), or None if there is none."""
+    try:
+        return module.get_submodule(key.rpartition(".")[0])
+    except AttributeError:
+        return None
 
 
 def _base_model(model: PreTrainedModel, previous: object) -> str | None:

@@ -22,12 +22,14 @@ from transformers.quantizers.auto import (
     register_quantizer,
 )
 
+from dccl_hf._compat import allow_dtype_casts
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.integration import QUANT_METHOD
 from dccl_hf.integration.config import DcclConfig
 from dccl_hf.integration.guard import guard_key_patterns, guard_tensors, skip_guards_in_load_state_dict
 from dccl_hf.integration.model import (
     build_compressed_modules,
+    compressed_aliases,
     decompress_modules,
     resize_with_codes,
 )
@@ -60,6 +62,7 @@ class DcclHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model: PreTrainedModel, **kwargs: Any) -> PreTrainedModel:
         _check_compressed_tensors_loaded(model)
+        allow_dtype_casts(model)
         return model
 
     def _dequantize(self, model: PreTrainedModel, dtype: torch.dtype | str | None = None) -> PreTrainedModel:
@@ -71,8 +74,14 @@ class DcclHfQuantizer(HfQuantizer):
     def get_state_dict_and_metadata(
         self, model: PreTrainedModel
     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The state dict `save_pretrained` (and so `push_to_hub`) writes: the model's, plus the load guards."""
-        return {**model.state_dict(), **guard_tensors(model, self.quantization_config)}, {}
+        """The state dict `save_pretrained` (and so `push_to_hub`) writes: the model's, plus the load guards.
+
+        The codes of a compressed module reached under several names are saved under each (transformers
+        dedupes tied parameters only, here the codebook); the copies keep its shared-tensor check quiet."""
+        state_dict = model.state_dict()
+        for alias in compressed_aliases(model, self.quantization_config):
+            state_dict[f"{alias}.packed_codes"] = state_dict[f"{alias}.packed_codes"].clone()
+        return {**state_dict, **guard_tensors(model, self.quantization_config)}, {}
 
     def is_serializable(self) -> bool:
         return True
