@@ -1,9 +1,12 @@
-"""Standalone artifacts of a `CompressedEmbedding`: ``config.json`` + ``model.safetensors`` + ``README.md``.
+"""Standalone artifacts of a `CompressedEmbedding`: ``config.json`` + ``model.safetensors`` + ``README.md`` (+
+``vocab.txt``).
 
 ``model.safetensors`` holds exactly two tensors: ``packed_codes`` (uint8, V × ceil(M·log2 K / 8), the bit-packed
 codes of :mod:`dccl_hf.packing`) and ``codebook`` (M, K, D). ``config.json`` holds the shape, the codebook dtype,
 the dccl_hf and format versions and the SHA-256 of ``model.safetensors``, so that a config and weights from two
-different saves (or a corrupted file) are caught. Saving stages every file in a temporary directory next to the
+different saves (or a corrupted file) are caught. A table with words also has ``vocab.txt`` (one word per line,
+UTF-8, in row order), whose SHA-256 config.json records as ``vocab_sha256`` (null without words, so a
+``vocab.txt`` left over from an earlier save is never read as this table's words). Saving stages every file in a temporary directory next to the
 target and moves them into place only once all are complete; loading checks every tensor against the config and
 raises :class:`ArtifactError` naming the file and the problem.
 """
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from huggingface_hub import ModelCard, constants, hf_hub_download
-from huggingface_hub.errors import RemoteEntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -38,6 +41,7 @@ FORMAT_VERSION = 1
 LIBRARY_NAME = "dccl_hf"
 CONFIG_NAME = constants.CONFIG_NAME
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE
+VOCAB_NAME = "vocab.txt"
 CODEBOOK_DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -81,10 +85,15 @@ vectors = embedding(token_ids)  # like torch.nn.Embedding
 
 ## Files
 
-- `config.json`: shape, codebook dtype, dccl_hf and format versions, SHA-256 of `model.safetensors`.
+- `config.json`: shape, codebook dtype, dccl_hf and format versions, SHA-256 of `model.safetensors` (and of
+  `vocab.txt`).
 - `model.safetensors`: `packed_codes`, uint8 of shape ({{ num_embeddings }}, {{ row_bytes }}), the codes bit-packed
   at {{ bits_per_code }} bits each (little-endian within a row); `codebook`, {{ codebook_dtype }} of shape
   ({{ num_codebooks }}, {{ codebook_size }}, {{ embedding_dim }}).
+{%- if has_words %}
+- `vocab.txt`: the word of each row, one per line (UTF-8, row order). Query the word vectors without rebuilding
+  the table: `dccl_hf.CompressedKeyedVectors.from_pretrained("<this repo id or directory>").most_similar("king")`.
+{%- endif %}
 """
 
 
@@ -118,11 +127,13 @@ def model_card_facts(module: CompressedEmbedding) -> dict[str, Any]:
         "codebook_bytes": module.codebook_bytes,
         "dense_bytes": module.dense_bytes,
         "compression_ratio": f"{module.compression_ratio:.1f}",
+        "has_words": module.words is not None,
     }
 
 
 def save_artifact(module: CompressedEmbedding, directory: Path) -> None:
-    """Write ``model.safetensors`` and ``config.json`` of `module` into `directory` (the mixin adds README.md)."""
+    """Write ``model.safetensors``, ``vocab.txt`` (if `module` has words) and ``config.json`` of `module` into
+    `directory` (the mixin adds README.md)."""
     tensors = {
         "packed_codes": module.packed_codes.detach().cpu().contiguous(),
         "codebook": module.codebook.detach().cpu().contiguous(),
@@ -141,8 +152,13 @@ def save_artifact(module: CompressedEmbedding, directory: Path) -> None:
         "codebook_dtype": dtype_name(module.codebook.dtype),
         "bits_per_row": module.bits_per_row,
         "model_sha256": hashlib.sha256(weights).hexdigest(),
+        "vocab_sha256": None,
     }
     write_file_atomic(directory / WEIGHTS_NAME, weights)
+    if module.words is not None:
+        vocab = "".join(word + "\n" for word in module.words).encode("utf-8")
+        config["vocab_sha256"] = hashlib.sha256(vocab).hexdigest()
+        write_file_atomic(directory / VOCAB_NAME, vocab)
     write_file_atomic(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
 
 
@@ -199,6 +215,10 @@ def _read_config(path: Path) -> dict[str, Any]:
     ):
         raise ArtifactError(
             path, f"'padding_idx' must be null or in [0, {config['num_embeddings']}), got {padding_idx!r}."
+        )
+    if not isinstance(config.get("vocab_sha256"), (str, type(None))):
+        raise ArtifactError(
+            path, f"'vocab_sha256' must be null or a hex string, got {config['vocab_sha256']!r}."
         )
     if config.get("codebook_dtype") not in CODEBOOK_DTYPES:
         raise ArtifactError(
@@ -300,6 +320,7 @@ def load_artifact(
             raise ValueError(f"{key}={value!r} was passed but {config_path} has {key}={config[key]!r}.")
     weights_path = _artifact_file(model_id, WEIGHTS_NAME, hub_kwargs)
     tensors = _read_tensors(weights_path, config, config_path)
+    words = _read_words(model_id, config, config_path, hub_kwargs)
     codebook_dtype = dtype if dtype is not None else tensors["codebook"].dtype
     module = cls(
         *(config[key] for key in SHAPE_KEYS),
@@ -308,8 +329,46 @@ def load_artifact(
         device=device,
     )
     module.load_state_dict(tensors, strict=True)
+    module.words = words
     logger.info("Loaded %s from %s", module.extra_repr(), model_id)
     return module
+
+
+def _read_words(
+    model_id: str, config: dict[str, Any], config_path: Path, hub_kwargs: dict[str, Any]
+) -> list[str] | None:
+    """The words in vocab.txt, checked against config.json's ``vocab_sha256``: required when it is a checksum,
+    ignored when it is null; artifacts saved before it existed use a vocab.txt they have, if it has one per row."""
+    if "vocab_sha256" not in config:
+        try:
+            path = _artifact_file(model_id, VOCAB_NAME, hub_kwargs)
+        except (ArtifactError, EntryNotFoundError):
+            return None
+        data = path.read_bytes()
+    elif config["vocab_sha256"] is None:
+        return None
+    else:
+        path = _artifact_file(model_id, VOCAB_NAME, hub_kwargs)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != config["vocab_sha256"]:
+            raise ArtifactError(
+                path,
+                f"SHA-256 differs from the one recorded in {config_path.name}: the words come from another save "
+                "or the file is corrupted. Save the artifact again.",
+            )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ArtifactError(path, f"line {line} is not valid UTF-8 ({error.reason}).") from error
+    words = text.removesuffix("\n").split("\n") if text else []
+    if len(words) != config["num_embeddings"]:
+        raise ArtifactError(
+            path,
+            f"{len(words)} words for the {config['num_embeddings']} rows of {config_path.name}; "
+            "vocab.txt needs one word per row.",
+        )
+    return words
 
 
 def generate_model_card(module: CompressedEmbedding, **template_kwargs: Any) -> ModelCard:

@@ -20,7 +20,7 @@ from dccl_hf import learning
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import token_counts, word_counts
 from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS
-from dccl_hf.files import staged_directory, write_file_atomic
+from dccl_hf.files import write_file_atomic
 from dccl_hf.formats import load_reference, reference_paths, save_reference
 from dccl_hf.metrics import reconstruction_report
 from dccl_hf.readers import (
@@ -29,9 +29,7 @@ from dccl_hf.readers import (
     VOCAB_FILE,
     EmbeddingSource,
     check_words,
-    load_vocab,
     read_embeddings,
-    save_vocab,
 )
 
 logger = logging.getLogger(__name__)
@@ -542,14 +540,12 @@ def _refuse_overwrite(output: Path, overwrite: bool) -> None:
 
 
 def _save_artifact(module: CompressedEmbedding, output: Path, words: list[str] | None) -> None:
-    """The artifact and its words (vocab.txt) published in one staged save, so an interrupted save never pairs
-    new weights with an earlier run's words; a stale vocab.txt goes first when the input has no words."""
-    with staged_directory(output) as staging:
-        module.save_pretrained(staging)
-        if words is not None:
-            save_vocab(staging, words)
-        else:
-            (output / VOCAB_FILE).unlink(missing_ok=True)
+    """The artifact and its words (vocab.txt) published in one staged save; without words, config.json says so
+    and an earlier run's vocab.txt is removed."""
+    module.words = words
+    module.save_pretrained(output)
+    if words is None:
+        (output / VOCAB_FILE).unlink(missing_ok=True)
 
 
 def _load_artifact(directory: str) -> CompressedEmbedding:
@@ -573,7 +569,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{source.origin} gives {source.shape[0]} rows x {source.shape[1]} dims but the artifact needs "
             f"{limit} x {module.embedding_dim}; is it the matrix the artifact was compressed from?"
         )
-    vocabulary = load_vocab(args.artifact)
+    vocabulary = module.words
     if vocabulary is not None and source.words is not None:
         for row, (saved, original) in enumerate(zip(vocabulary, source.words, strict=False)):
             if saved != original:
@@ -597,7 +593,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     module = _load_artifact(args.artifact)
-    words = None if args.no_words else load_vocab(args.artifact)
+    words = None if args.no_words else module.words
     existing = [path for path in reference_paths(args.prefix) if path.exists()]
     if existing and not args.overwrite:
         raise ValueError(

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dccl_hf.artifacts import LIBRARY_NAME
-from dccl_hf.checks import is_integer
+from dccl_hf.checks import check_words, is_integer
 from dccl_hf.files import write_file_atomic
 from dccl_hf.integration import QUANT_METHOD
 
@@ -159,15 +159,6 @@ def read_word_list(path: str | os.PathLike[str]) -> list[str]:
     if not text:
         return []
     return text.removesuffix("\n").split("\n")
-
-
-def check_words(words: Sequence[str]) -> None:
-    """Raise `ValueError` unless every word is a string without a newline (so it fits one line of vocab.txt)."""
-    for row, word in enumerate(words):
-        if not isinstance(word, str):
-            raise ValueError(f"Word at row {row} is {type(word).__name__}, not str.")
-        if "\n" in word:
-            raise ValueError(f"Word at row {row} ({word!r}) contains a newline, which vocab.txt cannot hold.")
 
 
 def _guess_format(name: str, path: Path) -> str:
