@@ -22,6 +22,7 @@ from dccl_hf.fidelity.calibration import token_counts, word_counts
 from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS
 from dccl_hf.files import write_file_atomic
 from dccl_hf.formats import load_reference, reference_paths, save_reference
+from dccl_hf.keyed_vectors import WORD2VEC_FORMATS, CompressedKeyedVectors
 from dccl_hf.metrics import reconstruction_report
 from dccl_hf.readers import (
     FORMATS,
@@ -39,6 +40,7 @@ RUN_FILE = "run.json"
 ARTIFACT_CONFIG = "config.json"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXPORT_FORMATS = ("codes", *WORD2VEC_FORMATS)
 
 INPUT_HELP = (
     "the embedding matrix: a GloVe .txt, word2vec/fastText .vec, word2vec binary .bin, .npy or .safetensors file "
@@ -76,9 +78,13 @@ the first as many rows of the original as the artifact has are compared.
 EXPORT_EXAMPLES = """\
 examples:
   dccl-hf export glove-m32k16 --prefix out/glove
+  dccl-hf export glove-m32k16 --prefix out/glove --format word2vec-binary
 
 Writes out/glove.codes (one line per row: `word<TAB>c1 ... cM` when OUTDIR has vocab.txt, else `c1 ... cM`) and
 out/glove.codebook.npy (float32, M*K x D), the files of the reference implementation (neuralcompressor).
+--format word2vec writes the reconstructed (dense) vectors with their words as word2vec text, out/glove.txt, and
+--format word2vec-binary as word2vec binary, out/glove.bin: what gensim's KeyedVectors.load_word2vec_format and
+other word-vector tools read.
 """
 
 IMPORT_EXAMPLES = """\
@@ -250,16 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = add_command(
         "export",
-        "Write an artifact as the reference implementation's PREFIX.codes and PREFIX.codebook.npy.",
+        "Write an artifact as the reference implementation's PREFIX.codes and PREFIX.codebook.npy, or as word2vec "
+        "vectors.",
         EXPORT_EXAMPLES,
         _export,
     )
     export.add_argument("artifact", metavar="OUTDIR", help="directory written by `dccl-hf compress`")
-    export.add_argument("--prefix", required=True, metavar="P", help="path prefix of the two files")
+    export.add_argument("--prefix", required=True, metavar="P", help="path prefix of the files written")
+    export.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="codes",
+        help="codes: P.codes + P.codebook.npy; word2vec: P.txt; word2vec-binary: P.bin (default: %(default)s)",
+    )
     export.add_argument(
         "--no-words", action="store_true", help="write codes only, even when vocab.txt exists"
     )
-    export.add_argument("--overwrite", action="store_true", help="replace PREFIX.codes / .codebook.npy files")
+    export.add_argument("--overwrite", action="store_true", help="replace files already at PREFIX")
 
     import_ = add_command(
         "import",
@@ -593,6 +606,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     module = _load_artifact(args.artifact)
+    if args.format != "codes":
+        return _export_word2vec(module, args)
     words = None if args.no_words else module.words
     existing = [path for path in reference_paths(args.prefix) if path.exists()]
     if existing and not args.overwrite:
@@ -602,6 +617,24 @@ def _export(args: argparse.Namespace) -> int:
         )
     codes_path, codebook_path = save_reference(module, args.prefix, words=words)
     print(f"Wrote {codes_path} ({'with' if words is not None else 'without'} words) and {codebook_path}")
+    return 0
+
+
+def _export_word2vec(module: CompressedEmbedding, args: argparse.Namespace) -> int:
+    """The reconstructed vectors and their words as word2vec text (PREFIX.txt) or binary (PREFIX.bin)."""
+    if module.words is None or args.no_words:
+        raise ValueError(
+            f"--format {args.format} writes a word per row, but "
+            + ("--no-words was given." if args.no_words else f"{args.artifact} has no {VOCAB_FILE}.")
+        )
+    binary = args.format == "word2vec-binary"
+    path = Path(f"{args.prefix}.{'bin' if binary else 'txt'}")
+    if path.exists() and not args.overwrite:
+        raise ValueError(
+            f"{path} already exists; pass --overwrite to replace it, or choose another --prefix."
+        )
+    CompressedKeyedVectors(module).save_word2vec_format(path, binary=binary)
+    print(f"Wrote {path}: {module.num_embeddings} words x {module.embedding_dim} dims ({args.format})")
     return 0
 
 

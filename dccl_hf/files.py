@@ -6,7 +6,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,3 +97,22 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
         logger.info("Saved %s to %s", ", ".join(names), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_chunks_atomic(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> None:
+    """Like `write_file_atomic` for a file too large to hold in memory: the chunks are written as they come."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = sibling_temporary(path)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, "wb") as file:
+            for chunk in chunks:
+                file.write(chunk)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        fsync_directory(path.parent)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
