@@ -44,7 +44,7 @@ EXPORT_FORMATS = ("codes", *WORD2VEC_FORMATS)
 
 INPUT_HELP = (
     "the embedding matrix: a GloVe .txt, word2vec/fastText .vec, word2vec binary .bin, .npy or .safetensors file "
-    "(.txt/.vec/.bin may be .gz), a Hugging Face model directory or repo id (its input embeddings), or a named "
+    "(.txt/.vec/.bin may be .gz), a GGUF file (.gguf: its token table and tokens), a Hugging Face model directory or repo id (its input embeddings), or a named "
     f"data set: {', '.join(NAMED_SOURCES)}"
 )
 
@@ -315,7 +315,7 @@ def _add_input_options(command: argparse.ArgumentParser) -> None:
         help=f"input format: {', '.join(FORMATS)} (default: from the file extension)",
     )
     command.add_argument(
-        "--tensor", metavar="NAME", help="tensor to read from a safetensors file or checkpoint"
+        "--tensor", metavar="NAME", help="tensor to read from a safetensors or GGUF file or checkpoint"
     )
     command.add_argument("--vocab", metavar="FILE", help="words of a .npy/.safetensors matrix, one per line")
 
