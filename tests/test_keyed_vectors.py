@@ -46,9 +46,11 @@ def assert_same_results(ours: list[tuple[str, float]], theirs: list[tuple[str, f
     )
 
 
-# K = 2, 4, 16, 256 score from packed bytes; K = 8 and 1024 from unpacked codes.
+# K = 2, 4, 16, 256 score from packed bytes (1 to 4 bytes per row: pairs and a last single byte); K = 8 and
+# 1024 from unpacked codes.
 @pytest.mark.parametrize(
-    ("num_codebooks", "codebook_size"), [(5, 16), (9, 2), (7, 4), (3, 256), (5, 8), (3, 1024)]
+    ("num_codebooks", "codebook_size"),
+    [(5, 16), (2, 16), (8, 16), (9, 2), (7, 4), (3, 256), (5, 8), (3, 1024)],
 )
 def test_queries_equal_gensim_on_the_reconstructed_table(num_codebooks: int, codebook_size: int) -> None:
     vectors = make_vectors(num_codebooks, codebook_size)
@@ -66,6 +68,20 @@ def test_queries_equal_gensim_on_the_reconstructed_table(num_codebooks: int, cod
     assert_same_results(vectors.similar_by_vector(query), reference.similar_by_vector(query))
     assert vectors.similarity("w1", "w2") == pytest.approx(float(reference.similarity("w1", "w2")), abs=1e-6)
     assert vectors.distance("w1", "w2") == pytest.approx(float(reference.distance("w1", "w2")), abs=1e-6)
+
+
+@pytest.mark.parametrize("codebook_size", [16, 8])
+def test_rows_scored_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch, codebook_size: int) -> None:
+    vectors = make_vectors(codebook_size=codebook_size, padding_idx=50)
+    whole = vectors.most_similar(positive=["w1", "w2"], negative=["w3"], topn=None)
+    monkeypatch.setattr("dccl_hf.keyed_vectors.CHUNK_ROWS", 7)
+    chunked = vectors.most_similar(positive=["w1", "w2"], negative=["w3"], topn=None)
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    reference = dense(vectors).most_similar(
+        positive=["w1", "w2"], negative=["w3"], topn=None, restrict_vocab=40
+    )
+    restricted = vectors.most_similar(positive=["w1", "w2"], negative=["w3"], topn=None, restrict_vocab=40)
+    np.testing.assert_allclose(restricted, reference, atol=1e-6)
 
 
 def test_queries_never_rebuild_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
