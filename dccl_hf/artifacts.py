@@ -322,15 +322,13 @@ def load_artifact(
     tensors = _read_tensors(weights_path, config, config_path)
     words = _read_words(model_id, config, config_path, hub_kwargs)
     codebook_dtype = dtype if dtype is not None else tensors["codebook"].dtype
-    # Built on the meta device: a random initialisation of the codes would cost several times their packed size.
     module = cls(
         *(config[key] for key in SHAPE_KEYS),
         padding_idx=config.get("padding_idx"),
         dtype=codebook_dtype,
-        device="meta",
+        device=device,
     )
-    module.load_state_dict(tensors, strict=True, assign=True)
-    module.to(device=device, dtype=codebook_dtype)
+    module.load_state_dict(tensors, strict=True)
     module.words = words
     logger.info("Loaded %s from %s", module.extra_repr(), model_id)
     return module

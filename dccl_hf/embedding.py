@@ -113,12 +113,12 @@ class CompressedEmbedding(
         with torch.no_grad():
             nn.init.normal_(self.codebook, std=1.0 / math.sqrt(self.num_codebooks))
             if self.packed_codes.device.type != "meta":
-                codes = torch.randint(
-                    self.codebook_size,
-                    (self.num_embeddings, self.num_codebooks),
-                    device=self.packed_codes.device,
-                )
-                self.packed_codes.copy_(pack_codes(codes, self.codebook_size))
+                # Uniform codes are uniform bits: the packed bytes are drawn directly (no (V, M) int64 codes,
+                # several times their size), with the spare bits past the last code zero.
+                self.packed_codes.random_()
+                used_bits = self.bits_per_row % 8
+                if used_bits:
+                    self.packed_codes[:, -1] &= (1 << used_bits) - 1
 
     @property
     def codes(self) -> torch.Tensor:
