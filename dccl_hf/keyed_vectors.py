@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Rows scored (or decoded) per step: bounds the int64 indices and float scores held at once to a few MB.
+#: Rows scored (or decoded) per step: bounds the indices, scores and decoded rows held at once to a few MB.
 CHUNK_ROWS = 65536
 #: A word, a row index, or a vector of the table's dimension.
 Key = str | int | np.ndarray | torch.Tensor
@@ -57,8 +57,11 @@ class CompressedKeyedVectors:
         for index, word in enumerate(self.index_to_key):
             self.key_to_index.setdefault(word, index)  # a duplicated word means its first row, as in a lookup
         self._scorer = _CodeScorer(embedding)
-        self.norms = torch.cat([torch.from_numpy(vectors).norm(dim=1) for _, vectors in self._chunks()])
-        self._norms_inverse = torch.where(self.norms > 0, 1 / self.norms, torch.zeros_like(self.norms))
+        norms = torch.cat([torch.from_numpy(vectors).norm(dim=1) for _, vectors in self._chunks()])
+        #: ||row|| of every row, float32 (V,), as gensim's `norms`.
+        self.norms: np.ndarray = norms.numpy()
+        # 1 / ||row||, 0 for a zero row (the padding row): such a row scores 0 against every query.
+        self._inverse_norms = torch.where(norms > 0, 1 / norms, torch.zeros_like(norms))
 
     @classmethod
     def from_pretrained(cls, model_id: str | os.PathLike[str], **kwargs: Any) -> CompressedKeyedVectors:
@@ -104,7 +107,7 @@ class CompressedKeyedVectors:
         index = self.get_index(key)
         vector = self._decode(torch.tensor([index]))[0]
         if norm:
-            vector = vector * self.norms_inverse[index]
+            vector = vector * self._inverse_norms[index]
         return vector.numpy()
 
     def __getitem__(self, keys: str | int | Sequence[str | int]) -> np.ndarray:
@@ -176,11 +179,6 @@ class CompressedKeyedVectors:
         queries = queries / queries.norm(dim=1, keepdim=True).clamp_min(1e-30)
         return self._cosines(queries, None)
 
-    @property
-    def norms_inverse(self) -> torch.Tensor:
-        """1 / ||row|| per row (0 for a zero row such as the padding row), float32 (V,); `norms` are the norms."""
-        return self._norms_inverse
-
     def to_gensim(self) -> KeyedVectors:
         """A gensim `KeyedVectors` holding the reconstructed dense table (as large as the uncompressed one)."""
         try:
@@ -251,7 +249,7 @@ class CompressedKeyedVectors:
                 rows.append(vector)
             else:
                 index = self.get_index(key)
-                rows.append(self._decode(torch.tensor([index]))[0] * self.norms_inverse[index])
+                rows.append(self._decode(torch.tensor([index]))[0] * self._inverse_norms[index])
         if not rows:
             raise ValueError("give at least one positive or negative key.")
         return torch.stack(rows)
@@ -260,7 +258,7 @@ class CompressedKeyedVectors:
         """(rows, N) cosine similarities of the first `restrict_vocab` rows with N unit queries, on the codes."""
         rows = len(self) if restrict_vocab is None else max(0, min(restrict_vocab, len(self)))
         dots = self._scorer.dot_products(unit_queries, rows)
-        return dots * self.norms_inverse[:rows].unsqueeze(1)
+        return dots * self._inverse_norms[:rows].unsqueeze(1)
 
     def _best(
         self, scores: torch.Tensor, keys: Sequence[Key], topn: int | None
