@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Rows scored (or decoded) per step: bounds the indices, scores and decoded rows held at once to a few MB.
+#: Rows scored per step: bounds the indices and scores held at once to a few MB.
 CHUNK_ROWS = 65536
+#: Rows decoded per step (norms, exports): decoding holds a few float copies of the rows at once.
+DECODE_ROWS = 8192
 #: A word, a row index, or a vector of the table's dimension.
 Key = str | int | np.ndarray | torch.Tensor
 WORD2VEC_FORMATS = ("word2vec", "word2vec-binary")
@@ -222,9 +224,9 @@ class CompressedKeyedVectors:
                 ).encode("utf-8")
 
     def _chunks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, float32 rows) of the reconstructed table, CHUNK_ROWS at a time."""
-        for start in range(0, len(self), CHUNK_ROWS):
-            indices = torch.arange(start, min(start + CHUNK_ROWS, len(self)))
+        """(first row, float32 rows) of the reconstructed table, DECODE_ROWS at a time."""
+        for start in range(0, len(self), DECODE_ROWS):
+            indices = torch.arange(start, min(start + DECODE_ROWS, len(self)))
             yield start, self._decode(indices).numpy()
 
     def _decode_all(self) -> np.ndarray:

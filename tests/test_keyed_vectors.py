@@ -71,11 +71,16 @@ def test_queries_equal_gensim_on_the_reconstructed_table(num_codebooks: int, cod
 
 
 @pytest.mark.parametrize("codebook_size", [16, 8])
-def test_rows_scored_in_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch, codebook_size: int) -> None:
+def test_rows_scored_and_decoded_in_chunks_equal_one_pass(
+    monkeypatch: pytest.MonkeyPatch, codebook_size: int
+) -> None:
     vectors = make_vectors(codebook_size=codebook_size, padding_idx=50)
     whole = vectors.most_similar(positive=["w1", "w2"], negative=["w3"], topn=None)
     monkeypatch.setattr("dccl_hf.keyed_vectors.CHUNK_ROWS", 7)
-    chunked = vectors.most_similar(positive=["w1", "w2"], negative=["w3"], topn=None)
+    monkeypatch.setattr("dccl_hf.keyed_vectors.DECODE_ROWS", 5)
+    chunked_vectors = CompressedKeyedVectors(vectors.embedding)
+    np.testing.assert_array_equal(chunked_vectors.norms, vectors.norms)
+    chunked = chunked_vectors.most_similar(positive=["w1", "w2"], negative=["w3"], topn=None)
     np.testing.assert_allclose(chunked, whole, atol=1e-6)
     reference = dense(vectors).most_similar(
         positive=["w1", "w2"], negative=["w3"], topn=None, restrict_vocab=40
