@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.integration import lazy_attributes, register_when_transformers_loads
+from dccl_hf.keyed_vectors import CompressedKeyedVectors
 from dccl_hf.learning import compress
 from dccl_hf.metrics import ReconstructionReport, reconstruction_report
 from dccl_hf.onnx import export_onnx
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CompressedEmbedding",
+    "CompressedKeyedVectors",
     "ReconstructionReport",
     "__version__",
     "compress",

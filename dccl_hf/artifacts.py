@@ -1,13 +1,16 @@
-"""Standalone artifacts of a `CompressedEmbedding`: ``config.json`` + ``model.safetensors`` + ``README.md``.
+"""Standalone artifacts of a `CompressedEmbedding`: ``config.json`` + ``model.safetensors`` + ``README.md`` (+
+``vocab.txt``).
 
 ``model.safetensors`` holds exactly two tensors: ``packed_codes`` (uint8, V × ceil(M·log2 K / 8), the bit-packed
 codes of :mod:`dccl_hf.packing`) and ``codebook`` (M, K, D), and in its metadata a copy of config.json.
 ``config.json`` holds the shape, padding_idx, the codebook dtype, the dccl_hf and format versions and the SHA-256
 of ``model.safetensors``; so the checksum covers every byte of both files: a config and weights from two different
-saves, a corrupted file or an edited config field are caught. Saves are byte-deterministic and replace the
-directory whole (:func:`dccl_hf.files.staged_directory`). Loading checks the weights' header against the config
-before reading any tensor, reads the tensors straight into their storage, and raises :class:`ArtifactError`
-naming the file and the problem.
+saves, a corrupted file or an edited config field are caught. A table with words also has ``vocab.txt`` (one word
+per line, UTF-8, in row order), whose SHA-256 config.json records as ``vocab_sha256`` (null without words; the
+field is covered by the config copy, so words from another save are caught too). Saves are byte-deterministic and
+replace the directory whole, ``vocab.txt`` included (:func:`dccl_hf.files.staged_directory`). Loading checks the
+weights' header against the config before reading any tensor, reads the tensors straight into their storage, and
+raises :class:`ArtifactError` naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import torch
 from huggingface_hub import ModelCard, constants, hf_hub_download
-from huggingface_hub.errors import RemoteEntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 
 from dccl_hf.checks import is_integer
 from dccl_hf.files import open_together, recover_directory, write_file_atomic
@@ -40,6 +43,7 @@ FORMAT_VERSION = 1
 LIBRARY_NAME = "dccl_hf"
 CONFIG_NAME = constants.CONFIG_NAME
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE
+VOCAB_NAME = "vocab.txt"
 CODEBOOK_DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -47,8 +51,8 @@ CODEBOOK_DTYPES = {
     "float64": torch.float64,
 }
 SHAPE_KEYS = ("num_embeddings", "embedding_dim", "num_codebooks", "codebook_size")
-#: Entries of an artifact directory that a save replaces (vocab.txt: the word list the CLI writes with it).
-ARTIFACT_ENTRIES = frozenset({CONFIG_NAME, WEIGHTS_NAME, "README.md", "vocab.txt"})
+#: Entries of an artifact directory that a save replaces (vocab.txt: the words of a table that has them).
+ARTIFACT_ENTRIES = frozenset({CONFIG_NAME, WEIGHTS_NAME, "README.md", VOCAB_NAME})
 #: Metadata key of model.safetensors holding config.json (less its checksum), so the checksum covers the config.
 CONFIG_RECORD_KEY = "dccl_hf_config"
 SHA256_PATTERN = re.compile("[0-9a-f]{64}")
@@ -103,11 +107,16 @@ vectors = embedding(token_ids)  # like torch.nn.Embedding
 
 ## Files
 
-- `config.json`: shape, padding_idx, codebook dtype, dccl_hf and format versions, SHA-256 of `model.safetensors`.
+- `config.json`: shape, padding_idx, codebook dtype, dccl_hf and format versions, SHA-256 of `model.safetensors`
+  (and of `vocab.txt`).
 - `model.safetensors`: `packed_codes`, uint8 of shape ({{ num_embeddings }}, {{ row_bytes }}), the codes bit-packed
   at {{ bits_per_code }} bits each (little-endian within a row); `codebook`, {{ codebook_dtype }} of shape
   ({{ num_codebooks }}, {{ codebook_size }}, {{ embedding_dim }}); in its metadata (`dccl_hf_config`), a copy of
   `config.json` less the checksum, so the checksum covers every field.
+{%- if has_words %}
+- `vocab.txt`: the word of each row, one per line (UTF-8, row order). Query the word vectors without rebuilding
+  the table: `dccl_hf.CompressedKeyedVectors.from_pretrained("<this repo id or directory>").most_similar("king")`.
+{%- endif %}
 """
 
 
@@ -141,14 +150,17 @@ def model_card_facts(module: CompressedEmbedding) -> dict[str, Any]:
         "codebook_bytes": module.codebook_bytes,
         "dense_bytes": module.dense_bytes,
         "compression_ratio": f"{module.compression_ratio:.1f}",
+        "has_words": module.words is not None,
     }
 
 
 def save_artifact(module: CompressedEmbedding, directory: Path) -> None:
-    """Write ``model.safetensors`` and ``config.json`` of `module` into `directory` (the mixin adds README.md).
+    """Write ``model.safetensors``, ``vocab.txt`` (if `module` has words) and ``config.json`` of `module` into
+    `directory` (the mixin adds README.md).
 
-    Both are byte-deterministic: the same module always gives the same files and the same SHA-256.
+    All are byte-deterministic: the same module always gives the same files and the same SHA-256.
     """
+    vocab = None if module.words is None else "".join(word + "\n" for word in module.words).encode("utf-8")
     from dccl_hf import __version__  # here, not at the top: dccl_hf/__init__.py may import this module
 
     config = {
@@ -159,6 +171,7 @@ def save_artifact(module: CompressedEmbedding, directory: Path) -> None:
         "padding_idx": module.padding_idx,
         "codebook_dtype": dtype_name(module.codebook.dtype),
         "bits_per_row": module.bits_per_row,
+        "vocab_sha256": None if vocab is None else hashlib.sha256(vocab).hexdigest(),
     }
     metadata = {
         "format": "pt",
@@ -170,6 +183,8 @@ def save_artifact(module: CompressedEmbedding, directory: Path) -> None:
     )
     config["model_sha256"] = hashlib.sha256(weights).hexdigest()
     write_file_atomic(directory / WEIGHTS_NAME, weights)
+    if vocab is not None:
+        write_file_atomic(directory / VOCAB_NAME, vocab)
     write_file_atomic(directory / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
 
 
@@ -202,22 +217,22 @@ def _canonical_json(value: Any) -> str:
 def _open_artifact(
     model_id: str, hub_kwargs: dict[str, Any], stack: ExitStack
 ) -> dict[str, tuple[Path, BinaryIO]]:
-    """config.json and model.safetensors of a directory `model_id` (both from one version of it, see
-    `dccl_hf.files.open_together`) or of the Hub repo `model_id`, opened for reading."""
+    """config.json and model.safetensors of a directory `model_id` (with its vocab.txt, if it has one: all from
+    one version of it, see `dccl_hf.files.open_together`) or of the Hub repo `model_id`, opened for reading."""
     recover_directory(model_id)
     names = (CONFIG_NAME, WEIGHTS_NAME)
     if os.path.isdir(model_id):
-        files = open_together(Path(model_id), names)
+        files = open_together(Path(model_id), (*names, VOCAB_NAME))
         for file in files.values():
             if file is not None:
                 stack.enter_context(file)
-        for name, file in files.items():
-            if file is None:
+        for name in names:
+            if files[name] is None:
                 raise ArtifactError(
                     Path(model_id) / name,
                     "missing; a dccl_hf artifact is the directory written by CompressedEmbedding.save_pretrained.",
                 )
-        return {name: (Path(model_id) / name, file) for name, file in files.items()}
+        return {name: (Path(model_id) / name, file) for name, file in files.items() if file is not None}
     if os.path.exists(model_id) or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
         raise ArtifactError(
             model_id, "no such directory, and not a Hub repo id of the form 'namespace/name'."
@@ -274,6 +289,11 @@ def _read_config(file: BinaryIO, path: Path) -> dict[str, Any]:
         raise ArtifactError(
             path, f"'padding_idx' must be null or in [0, {config['num_embeddings']}), got {padding_idx!r}."
         )
+    vocab_sha256 = config.get("vocab_sha256")
+    if vocab_sha256 is not None and not (
+        isinstance(vocab_sha256, str) and SHA256_PATTERN.fullmatch(vocab_sha256)
+    ):
+        raise ArtifactError(path, f"'vocab_sha256' must be null or a hex SHA-256, got {vocab_sha256!r}.")
     if not isinstance(config.get("codebook_dtype"), str) or config["codebook_dtype"] not in CODEBOOK_DTYPES:
         raise ArtifactError(
             path,
@@ -495,13 +515,74 @@ def load_artifact(
             if config[key] != value:
                 raise ValueError(f"{key}={value!r} was passed but {config_path} has {key}={config[key]!r}.")
         tensors = _read_tensors(*reversed(files[WEIGHTS_NAME]), config, config_path)
+        words = _read_words(model_id, files.get(VOCAB_NAME), config, config_path, hub_kwargs)
     module = cls.from_packed_codes(
         tensors["packed_codes"].to(device),
         tensors["codebook"].to(device=device, dtype=dtype),
         padding_idx=config.get("padding_idx"),
     )
+    module.words = words
     logger.info("Loaded %s from %s", module.extra_repr(), model_id)
     return module
+
+
+def _read_words(
+    model_id: str,
+    opened: tuple[Path, BinaryIO] | None,
+    config: dict[str, Any],
+    config_path: Path,
+    hub_kwargs: dict[str, Any],
+) -> list[str] | None:
+    """The words in vocab.txt, checked against config.json's ``vocab_sha256``: required when it is a checksum,
+    ignored when it is null; artifacts saved before it existed use a vocab.txt they have, if it has one per row.
+
+    `opened` is the directory's vocab.txt, opened with the other files (None if it has none); from the Hub it is
+    downloaded only when needed.
+    """
+    if "vocab_sha256" in config and config["vocab_sha256"] is None:
+        return None
+    required = "vocab_sha256" in config
+    if os.path.isdir(model_id):
+        if opened is None:
+            if required:
+                raise ArtifactError(
+                    Path(model_id) / VOCAB_NAME,
+                    f"missing, but {config_path.name} records its SHA-256; save the artifact again.",
+                )
+            return None
+        path, file = opened
+    else:
+        try:
+            path = Path(hf_hub_download(repo_id=model_id, filename=VOCAB_NAME, **hub_kwargs))
+        except (RemoteEntryNotFoundError, EntryNotFoundError) as error:
+            if required:
+                raise ArtifactError(
+                    f"{model_id}/{VOCAB_NAME}",
+                    f"not found in the Hub repository, but {config_path.name} records its SHA-256; push the "
+                    "artifact again with CompressedEmbedding.push_to_hub.",
+                ) from error
+            return None
+        file = None
+    data = path.read_bytes() if file is None else file.read()
+    if required and hashlib.sha256(data).hexdigest() != config["vocab_sha256"]:
+        raise ArtifactError(
+            path,
+            f"SHA-256 differs from the one recorded in {config_path.name}: the words come from another save "
+            "or the file is corrupted. Save the artifact again.",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ArtifactError(path, f"line {line} is not valid UTF-8 ({error.reason}).") from error
+    words = text.removesuffix("\n").split("\n") if text else []
+    if len(words) != config["num_embeddings"]:
+        raise ArtifactError(
+            path,
+            f"{len(words)} words for the {config['num_embeddings']} rows of {config_path.name}; "
+            "vocab.txt needs one word per row.",
+        )
+    return words
 
 
 def generate_model_card(module: CompressedEmbedding, **template_kwargs: Any) -> ModelCard:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 
 
 def is_integer(value: object) -> bool:
@@ -21,3 +22,12 @@ def as_integer(value: object) -> object:
 def is_real(value: object) -> bool:
     """Whether `value` is a real number (numpy's included) and not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_words(words: Sequence[str]) -> None:
+    """Raise `ValueError` unless every word is a string without a newline (so it fits one line of vocab.txt)."""
+    for row, word in enumerate(words):
+        if not isinstance(word, str):
+            raise ValueError(f"Word at row {row} is {type(word).__name__}, not str.")
+        if "\n" in word:
+            raise ValueError(f"Word at row {row} ({word!r}) contains a newline, which vocab.txt cannot hold.")

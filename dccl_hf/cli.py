@@ -19,12 +19,13 @@ from typing import Any
 import huggingface_hub
 
 from dccl_hf import __version__, learning
-from dccl_hf.artifacts import ARTIFACT_ENTRIES
+from dccl_hf.artifacts import ARTIFACT_ENTRIES, VOCAB_NAME
 from dccl_hf.embedding import CompressedEmbedding
 from dccl_hf.fidelity.calibration import token_counts, word_counts
 from dccl_hf.fidelity.distill import DEFAULT_MAX_STEPS
 from dccl_hf.files import check_replaceable, staged_directory, write_file_atomic
 from dccl_hf.formats import load_reference, reference_paths, save_reference
+from dccl_hf.keyed_vectors import WORD2VEC_FORMATS, CompressedKeyedVectors
 from dccl_hf.learning.checkpoint import RunLock
 from dccl_hf.metrics import reconstruction_report
 from dccl_hf.readers import (
@@ -32,9 +33,7 @@ from dccl_hf.readers import (
     NAMED_SOURCES,
     EmbeddingSource,
     check_words,
-    load_vocab,
     read_embeddings,
-    save_vocab,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,10 +46,11 @@ ARTIFACT_REPLACEABLE = ARTIFACT_ENTRIES | {CHECKPOINT_DIR}
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXPORT_FORMATS = ("codes", *WORD2VEC_FORMATS)
 
 INPUT_HELP = (
     "the embedding matrix: a GloVe .txt, word2vec/fastText .vec, word2vec binary .bin, .npy or .safetensors file "
-    "(.txt/.vec/.bin may be .gz), a Hugging Face model directory or repo id (its input embeddings), or a named "
+    "(.txt/.vec/.bin may be .gz), a GGUF file (.gguf: its token table and tokens), a Hugging Face model directory or repo id (its input embeddings), or a named "
     f"data set: {', '.join(NAMED_SOURCES)}"
 )
 
@@ -84,9 +84,13 @@ the first as many rows of the original as the artifact has are compared.
 EXPORT_EXAMPLES = """\
 examples:
   dccl-hf export glove-m32k16 -o out/glove
+  dccl-hf export glove-m32k16 -o out/glove --format word2vec-binary
 
 Writes out/glove.codes (one line per row: `word<TAB>c1 ... cM` when OUTDIR has vocab.txt, else `c1 ... cM`) and
 out/glove.codebook.npy (float32, M*K x D), the files of the reference implementation (neuralcompressor).
+--format word2vec writes the reconstructed (dense) vectors with their words as word2vec text, out/glove.txt, and
+--format word2vec-binary as word2vec binary, out/glove.bin: what gensim's KeyedVectors.load_word2vec_format and
+other word-vector tools read.
 """
 
 IMPORT_EXAMPLES = """\
@@ -301,18 +305,26 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
 
     export = add_command(
         "export",
-        "Write an artifact as the reference implementation's PREFIX.codes and PREFIX.codebook.npy.",
+        "Write an artifact as the reference implementation's PREFIX.codes and PREFIX.codebook.npy, or as word2vec "
+        "vectors.",
         EXPORT_EXAMPLES,
         _export,
     )
     export.add_argument("artifact", metavar="OUTDIR", help="directory written by `dccl-hf compress`")
     target = export.add_mutually_exclusive_group(required=True)
-    target.add_argument("-o", "--output", metavar="PREFIX", help="path prefix of the two files")
+    target.add_argument("-o", "--output", metavar="PREFIX", help="path prefix of the files written")
     target.add_argument("--prefix", metavar="PREFIX", help="deprecated spelling of -o/--output")
+    export.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="codes",
+        help="codes: PREFIX.codes + PREFIX.codebook.npy; word2vec: PREFIX.txt; word2vec-binary: PREFIX.bin "
+        "(default: %(default)s)",
+    )
     export.add_argument(
         "--no-words", action="store_true", help="write codes only, even when vocab.txt exists"
     )
-    export.add_argument("--overwrite", action="store_true", help="replace PREFIX.codes / .codebook.npy files")
+    export.add_argument("--overwrite", action="store_true", help="replace files already at PREFIX")
 
     import_ = add_command(
         "import",
@@ -374,7 +386,7 @@ def _add_input_options(command: argparse.ArgumentParser) -> None:
         help=f"input format: {', '.join(FORMATS)} (default: from the file extension)",
     )
     command.add_argument(
-        "--tensor", metavar="NAME", help="tensor to read from a safetensors file or checkpoint"
+        "--tensor", metavar="NAME", help="tensor to read from a safetensors or GGUF file or checkpoint"
     )
     command.add_argument("--vocab", metavar="FILE", help="words of a .npy/.safetensors matrix, one per line")
     command.add_argument(
@@ -675,12 +687,12 @@ def _refuse_overwrite(output: Path, overwrite: bool) -> None:
 
 
 def _save_artifact(module: CompressedEmbedding, output: Path, words: list[str] | None) -> None:
-    """The artifact and its words (vocab.txt) published in one staged save that replaces `output` whole, the
-    finished run's checkpoint and an earlier artifact's vocab.txt included: new weights never meet old words."""
+    """The artifact and its words (vocab.txt, checksummed in config.json) published in one staged save that
+    replaces `output` whole, the finished run's checkpoint and an earlier artifact's vocab.txt included: new
+    weights never meet old words."""
+    module.words = words
     with staged_directory(output, replaceable=ARTIFACT_REPLACEABLE) as staging:
         module.save_pretrained(staging)
-        if words is not None:
-            save_vocab(staging, words)
 
 
 def _load_artifact(directory: str) -> CompressedEmbedding:
@@ -709,7 +721,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{source.origin} gives {source.shape[0]} rows x {source.shape[1]} dims but the artifact needs "
             f"{limit} x {module.embedding_dim}; is it the matrix the artifact was compressed from?"
         )
-    vocabulary = load_vocab(args.artifact)
+    vocabulary = module.words
     if vocabulary is not None and source.words is not None:
         for row, (saved, original) in enumerate(zip(vocabulary, source.words, strict=False)):
             if saved != original:
@@ -736,19 +748,39 @@ def _export(args: argparse.Namespace) -> int:
     if args.prefix is not None:
         logger.warning("export --prefix is deprecated and will be removed; use -o/--output PREFIX.")
         prefix = args.prefix
-    try:
-        existing = [path for path in reference_paths(prefix) if path.exists()]
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    word2vec_path = None
+    if args.format == "codes":
+        try:
+            paths = reference_paths(prefix)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    else:
+        word2vec_path = Path(f"{prefix}.{'bin' if args.format == 'word2vec-binary' else 'txt'}")
+        paths = (word2vec_path,)
+    existing = [path for path in paths if path.exists()]
     if existing and not args.overwrite:
         raise UsageError(
             f"{' and '.join(map(str, existing))} already exist(s); pass --overwrite to replace, or choose another "
             "-o PREFIX."
         )
     module = _load_artifact(args.artifact)
-    words = None if args.no_words else load_vocab(args.artifact)
+    if word2vec_path is not None:
+        return _export_word2vec(module, args, word2vec_path)
+    words = None if args.no_words else module.words
     codes_path, codebook_path = save_reference(module, prefix, words=words)
     print(f"Wrote {codes_path} ({'with' if words is not None else 'without'} words) and {codebook_path}")
+    return 0
+
+
+def _export_word2vec(module: CompressedEmbedding, args: argparse.Namespace, path: Path) -> int:
+    """The reconstructed vectors and their words as word2vec text (PREFIX.txt) or binary (PREFIX.bin)."""
+    if module.words is None or args.no_words:
+        raise UsageError(
+            f"--format {args.format} writes a word per row, but "
+            + ("--no-words was given." if args.no_words else f"{args.artifact} has no {VOCAB_NAME}.")
+        )
+    CompressedKeyedVectors(module).save_word2vec_format(path, binary=args.format == "word2vec-binary")
+    print(f"Wrote {path}: {module.num_embeddings} words x {module.embedding_dim} dims ({args.format})")
     return 0
 
 

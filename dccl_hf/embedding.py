@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
-from dccl_hf.checks import is_integer
+from dccl_hf.checks import check_words, is_integer
 from dccl_hf.packing import bits_per_code, pack_codes, packed_row_bytes, unpack_codes
 
 #: Why a `CompressedEmbedding` has no ``weight``, for code written for `nn.Embedding` that reads it.
@@ -38,6 +39,7 @@ class CompressedEmbedding(
 
     Row i is ``sum_m codebook[m, codes[i, m]]``. The codes live bit-packed in the ``packed_codes`` buffer (never
     trained); the ``codebook`` of shape (M, K, D) is a parameter, so a compressed model can be fine-tuned.
+    A table of word vectors may carry its `words` (row i is ``words[i]``), saved with it as ``vocab.txt``.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class CompressedEmbedding(
         self.num_codebooks = num_codebooks
         self.codebook_size = codebook_size
         self.padding_idx = padding_idx
+        self._words: tuple[str, ...] | None = None
         self.codebook = nn.Parameter(
             torch.empty(num_codebooks, codebook_size, embedding_dim, dtype=dtype, device=device)
         )
@@ -81,9 +84,13 @@ class CompressedEmbedding(
 
     @classmethod
     def from_codes(
-        cls, codes: torch.Tensor, codebook: torch.Tensor, padding_idx: int | None = None
+        cls,
+        codes: torch.Tensor,
+        codebook: torch.Tensor,
+        padding_idx: int | None = None,
+        words: Sequence[str] | None = None,
     ) -> CompressedEmbedding:
-        """Build the module from integer codes (V, M) and a codebook (M, K, D); the codebook is copied."""
+        """Build the module from integer codes (V, M), a codebook (M, K, D) (copied) and optionally the V words."""
         if codes.ndim != 2:
             raise ValueError(
                 f"codes must have shape (num_embeddings, num_codebooks), got {tuple(codes.shape)}."
@@ -108,6 +115,7 @@ class CompressedEmbedding(
         with torch.no_grad():
             module.codebook.copy_(codebook)
         module.set_codes(codes)
+        module.words = words
         return module
 
     @classmethod
@@ -144,12 +152,12 @@ class CompressedEmbedding(
         with torch.no_grad():
             nn.init.normal_(self.codebook, std=1.0 / math.sqrt(self.num_codebooks))
             if self.packed_codes.device.type != "meta":
-                codes = torch.randint(
-                    self.codebook_size,
-                    (self.num_embeddings, self.num_codebooks),
-                    device=self.packed_codes.device,
-                )
-                self.packed_codes.copy_(pack_codes(codes, self.codebook_size))
+                # Uniform codes are uniform bits: the packed bytes are drawn directly (no (V, M) int64 codes,
+                # several times their size), with the spare bits past the last code zero.
+                self.packed_codes.random_()
+                used_bits = self.bits_per_row % 8
+                if used_bits:
+                    self.packed_codes[:, -1] &= (1 << used_bits) - 1
 
     @property
     def codes(self) -> torch.Tensor:
@@ -162,6 +170,24 @@ class CompressedEmbedding(
         if tuple(codes.shape) != expected:
             raise ValueError(f"codes must have shape {expected}, got {tuple(codes.shape)}.")
         self.packed_codes.copy_(pack_codes(codes.to(self.packed_codes.device), self.codebook_size))
+
+    @property
+    def words(self) -> tuple[str, ...] | None:
+        """The word of each row (saved as the artifact's ``vocab.txt``), or None for a table without words."""
+        return self._words
+
+    @words.setter
+    def words(self, words: Sequence[str] | None) -> None:
+        if words is None:
+            self._words = None
+            return
+        words = tuple(words)
+        if len(words) != self.num_embeddings:
+            raise ValueError(
+                f"got {len(words)} words for {self.num_embeddings} rows; give one word per row, in row order."
+            )
+        check_words(words)
+        self._words = words
 
     @property
     def bits_per_row(self) -> int:
@@ -274,8 +300,9 @@ class CompressedEmbedding(
         model_card_kwargs: dict[str, Any] | None = None,
         **push_to_hub_kwargs: Any,
     ) -> str | None:
-        """Save config.json, model.safetensors and README.md, byte-deterministically; the directory is replaced
-        whole (`dccl_hf.files.staged_directory`), so it holds the complete old or new artifact at every moment.
+        """Save config.json, model.safetensors, README.md and, with `words`, vocab.txt, byte-deterministically; the
+        directory is replaced whole (`dccl_hf.files.staged_directory`), so it holds the complete old or new artifact
+        at every moment.
 
         Other files already in the directory are kept; a `vocab.txt` goes with the artifact it belonged to.
         config.json is derived from the module, so `config` must be None (it exists for the mixin's signature).

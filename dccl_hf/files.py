@@ -21,7 +21,7 @@ import secrets
 import shutil
 import stat
 import sys
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -331,3 +331,22 @@ def _same_file(status: os.stat_result, path: Path) -> bool:
     except FileNotFoundError:
         return False
     return (current.st_dev, current.st_ino) == (status.st_dev, status.st_ino)
+
+
+def write_chunks_atomic(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> None:
+    """Like `write_file_atomic` for a file too large to hold in memory: the chunks are written as they come."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = sibling_temporary(path)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, "wb") as file:
+            for chunk in chunks:
+                file.write(chunk)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        fsync_directory(path.parent)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -1,8 +1,8 @@
 """Read embedding matrices (and their words) from the files and models people actually have.
 
 Formats: GloVe / word2vec / fastText text (`.txt`, `.vec`, optionally `.gz`), word2vec binary (`.bin`), `.npy`
-(memory-mapped), a 2-D safetensors tensor, a Hugging Face model's input embeddings (local directory or repo id),
-and named packaged data sets such as ``glove-6b-50d``. Every bad row is a `ValueError` naming the file and the
+(memory-mapped), a 2-D safetensors tensor, a GGUF file's token table (`.gguf`, see `dccl_hf.gguf_reader`), a
+Hugging Face model's input embeddings (local directory or repo id), and named packaged data sets such as ``glove-6b-50d``. Every bad row is a `ValueError` naming the file and the
 line or row, because a silently misparsed embedding table is worse than no table.
 """
 
@@ -25,21 +25,23 @@ import torch
 from tqdm.auto import tqdm
 
 from dccl_hf.artifacts import LIBRARY_NAME
-from dccl_hf.checks import is_integer
+from dccl_hf.checks import check_words, is_integer
 from dccl_hf.files import write_file_atomic
+from dccl_hf.gguf_reader import read_gguf_table
 from dccl_hf.integration import QUANT_METHOD
 
 logger = logging.getLogger(__name__)
 
 VOCAB_FILE = "vocab.txt"
 TEXT_FORMATS = ("text", "glove", "word2vec-text")
-FORMATS = (*TEXT_FORMATS, "word2vec-binary", "npy", "safetensors", "huggingface")
+FORMATS = (*TEXT_FORMATS, "word2vec-binary", "npy", "safetensors", "gguf", "huggingface")
 EXTENSIONS = {
     ".txt": "text",
     ".vec": "text",
     ".bin": "word2vec-binary",
     ".npy": "npy",
     ".safetensors": "safetensors",
+    ".gguf": "gguf",
 }
 SAFETENSORS_WEIGHTS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -91,7 +93,7 @@ def read_embeddings(
 
     The format follows the file extension (a trailing `.gz` is decompressed) unless `format` is one of `FORMATS`.
     `limit` reads only the first rows (text formats stop reading there; `.npy` slices its memmap). `tensor` picks a
-    tensor by name in a safetensors file or model checkpoint. `vocab` gives the words of a `.npy` or safetensors
+    tensor by name in a safetensors file, GGUF file or model checkpoint. `vocab` gives the words of a `.npy` or safetensors
     matrix (a word list or a file with one word per line); by default `<stem>.vocab.txt` beside the file is used.
     `revision` and `token` apply to Hub repo ids. A model whose config or tokenizer names custom code (`auto_map`)
     is refused unless `trust_remote_code=True`: transformers would run that code.
@@ -109,7 +111,7 @@ def read_embeddings(
     ignored = [
         option
         for option, value, used_by in (
-            ("tensor", tensor, ("safetensors", "huggingface")),
+            ("tensor", tensor, ("safetensors", "gguf", "huggingface")),
             ("vocab", vocab, ("npy", "safetensors")),
         )
         if value is not None and format not in used_by
@@ -117,7 +119,7 @@ def read_embeddings(
     if ignored:
         raise ValueError(
             f"{name} is read as {format}, which has no use for {' or '.join(ignored)}: "
-            f"{'tensor picks a tensor of a safetensors file or model; ' if 'tensor' in ignored else ''}"
+            f"{'tensor picks a tensor of a safetensors or GGUF file or model; ' if 'tensor' in ignored else ''}"
             f"{'vocab gives the words of a .npy or safetensors matrix; ' if 'vocab' in ignored else ''}drop it."
         )
     if format in TEXT_FORMATS:
@@ -131,6 +133,11 @@ def read_embeddings(
     if format == "safetensors":
         path = _existing_file(path)
         return _read_safetensors(path, limit=limit, tensor=tensor, words=_sibling_words(path, vocab))
+    if format == "gguf":
+        path = _existing_file(path)
+        matrix, words = read_gguf_table(path, limit=limit, tensor=tensor, progress=progress)
+        _check_finite(matrix, str(path))
+        return EmbeddingSource(matrix, words, str(path))
     if path.is_dir():
         return _read_model_directory(path, limit=limit, tensor=tensor, trust_remote_code=trust_remote_code)
     if path.is_file():
@@ -170,15 +177,6 @@ def read_word_list(path: str | os.PathLike[str]) -> list[str]:
     if not text:
         return []
     return text.removesuffix("\n").split("\n")
-
-
-def check_words(words: Sequence[str]) -> None:
-    """Raise `ValueError` unless every word is a string without a newline (so it fits one line of vocab.txt)."""
-    for row, word in enumerate(words):
-        if not isinstance(word, str):
-            raise ValueError(f"Word at row {row} is {type(word).__name__}, not str.")
-        if "\n" in word:
-            raise ValueError(f"Word at row {row} ({word!r}) contains a newline, which vocab.txt cannot hold.")
 
 
 def _guess_format(name: str, path: Path) -> str:
