@@ -789,7 +789,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:
-        raise ValueError(f"{output} already exists; pass --overwrite to replace it, or choose another -o.")
+        raise UsageError(f"{output} already exists; pass --overwrite to replace it, or choose another -o.")
     model = load_compressed(args.source)
     path = export_onnx(model, output, dynamo=args.exporter == "dynamo", opset_version=args.opset)
     print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -192,7 +192,7 @@ def test_cli_exports_an_artifact_and_a_compressed_model(
 
     model = build_model("llama-tied", 16)
     model.save_pretrained(tmp_path / "model")
-    arguments = ["export-onnx", str(tmp_path / "model"), "-o", str(tmp_path / "model.onnx"), "--opset", "17"]
+    arguments = ["export-onnx", str(tmp_path / "model"), "-o", str(tmp_path / "model.onnx"), "--opset", "18"]
     assert main(arguments) == 0
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
@@ -205,6 +205,6 @@ def test_cli_exports_an_artifact_and_a_compressed_model(
     assert "--overwrite" in capsys.readouterr().err
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "config.json").write_text('{"model_type": "llama"}')
-    assert main(["export-onnx", str(tmp_path / "plain"), "-o", str(tmp_path / "plain.onnx")]) == 2
+    assert main(["export-onnx", str(tmp_path / "plain"), "-o", str(tmp_path / "plain.onnx")]) == 1
     assert "compress it first" in capsys.readouterr().err
     assert not (tmp_path / "plain.onnx").exists()
