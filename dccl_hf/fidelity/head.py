@@ -17,10 +17,17 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from dccl_hf.fidelity.calibration import weights_from_counts
-from dccl_hf.fidelity.models import Model, Tokenizer, frozen, model_device, padding_tokenizer
+from dccl_hf.fidelity.models import (
+    Model,
+    Tokenizer,
+    frozen,
+    model_device,
+    padding_tokenizer,
+    sample_texts,
+    tokenized_batches,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,27 +64,21 @@ def head_second_moment(
     tokenizer = padding_tokenizer(tokenizer)
     captured: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randperm(len(texts), generator=generator)[:max_texts].tolist()
-    selected = sorted((texts[i] for i in picks), key=len)  # batches of similar length carry little padding
+    selected = sample_texts(texts, max_texts, torch.Generator().manual_seed(seed))
     moment = torch.zeros((), dtype=torch.float64)
     tokens = 0
     try:
         with frozen(model):
-            for start in tqdm(
-                range(0, len(selected), batch_size),
-                total=-(-len(selected) // batch_size),
+            batches = tokenized_batches(
+                tokenizer,
+                selected,
+                batch_size=batch_size,
+                max_length=max_length,
                 desc="head second moment",
-                unit="batch",
-                disable=not progress,
-            ):
-                batch = tokenizer(
-                    selected[start : start + batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                ).to(model_device(model))
+                progress=progress,
+            )
+            for batch in batches:
+                batch = batch.to(model_device(model))
                 captured.clear()
                 model(**batch)
                 hidden = captured[-1][batch["attention_mask"].bool()].double()

@@ -4,12 +4,13 @@ model frozen, reading the output a loss compares, padding batches and mean-pooli
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 
 class Tokenizer(Protocol):
@@ -98,3 +99,36 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     """Mean over each sequence's real (unpadded) positions: (B, L, D) → (B, D), a sentence embedding."""
     mask = attention_mask.to(hidden.device, hidden.dtype).unsqueeze(-1)
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def sample_texts(texts: Sequence[str], max_texts: int, generator: torch.Generator) -> list[str]:
+    """Up to `max_texts` of `texts` drawn with `generator`, sorted by length: batches of similar length carry
+    little padding."""
+    picks = torch.randperm(len(texts), generator=generator)[:max_texts].tolist()
+    return sorted((texts[i] for i in picks), key=len)
+
+
+def tokenized_batches(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    max_length: int,
+    desc: str,
+    progress: bool,
+) -> Iterator[Mapping[str, torch.Tensor]]:
+    """`texts` tokenized `batch_size` at a time (padded, truncated to `max_length`), with a progress bar."""
+    for start in tqdm(
+        range(0, len(texts), batch_size),
+        total=-(-len(texts) // batch_size),
+        desc=desc,
+        unit="batch",
+        disable=not progress,
+    ):
+        yield tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )

@@ -17,10 +17,18 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from dccl_hf.fidelity.distill import LOSSES, Loss
-from dccl_hf.fidelity.models import Model, Tokenizer, frozen, mean_pool, model_outputs, padding_tokenizer
+from dccl_hf.fidelity.models import (
+    Model,
+    Tokenizer,
+    frozen,
+    mean_pool,
+    model_outputs,
+    padding_tokenizer,
+    sample_texts,
+    tokenized_batches,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,25 +73,20 @@ def embedding_sensitivity(
         return leaf
 
     generator = torch.Generator().manual_seed(seed)
-    picks = torch.randperm(len(texts), generator=generator)[:max_texts].tolist()
-    selected = sorted((texts[i] for i in picks), key=len)  # batches of similar length carry little padding
+    selected = sample_texts(texts, max_texts, generator)  # the same generator then draws the probes
     handle = embedding.register_forward_hook(capture)
     metric = torch.zeros((), dtype=torch.float64)
     try:
         with frozen(model):
-            for start in tqdm(
-                range(0, len(selected), batch_size),
+            batches = tokenized_batches(
+                tokenizer,
+                selected,
+                batch_size=batch_size,
+                max_length=max_length,
                 desc="embedding sensitivity",
-                unit="batch",
-                disable=not progress,
-            ):
-                batch = tokenizer(
-                    selected[start : start + batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
+                progress=progress,
+            )
+            for batch in batches:
                 captured.clear()
                 target = _target(model_outputs(model, batch, output), batch["attention_mask"], output)
                 mask = batch["attention_mask"].to(captured[-1].device).bool()
