@@ -7,8 +7,9 @@ import copy
 
 import pytest
 import torch
+from tiny_models import llama_config
 from tiny_text import WORDS, word_sentences, word_tokenizer
-from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+from transformers import BertTokenizerFast, LlamaForCausalLM
 
 import dccl_hf.integration.model as integration_model
 from dccl_hf.fidelity.calibration import token_counts, weights_from_counts
@@ -24,17 +25,7 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
 
 def tiny_llama(vocab_size: int, *, tied: bool = True, hidden_size: int = 16) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        tie_word_embeddings=tied,
-        initializer_range=0.5,
-    )
+    config = llama_config(vocab_size, hidden_size, tied=tied, num_hidden_layers=1, initializer_range=0.5)
     return LlamaForCausalLM(config).eval()
 
 

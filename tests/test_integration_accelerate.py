@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import init_empty_weights, load_checkpoint_and_dispatch
+from tiny_models import compressed_llama
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 import dccl_hf
@@ -17,20 +18,7 @@ VOCAB, HIDDEN = 120, 32
 
 
 def build(tied: bool = True) -> PreTrainedModel:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        tie_word_embeddings=tied,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    model.resize_with_codes(4, 16, progress=False, max_iterations=1, seed=0)
-    return model
+    return compressed_llama(VOCAB, HIDDEN, tied=tied)
 
 
 def logits(model: PreTrainedModel) -> torch.Tensor:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_models import llama_config
 from tiny_text import WORDS, bert_config, word_sentences, word_tokenizer
 from transformers import (
     BertConfig,
@@ -15,7 +16,6 @@ from transformers import (
     BertTokenizerFast,
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
 )
@@ -48,16 +48,7 @@ def causal_lm(kind: str, vocab_size: int) -> PreTrainedModel:
         return GPT2LMHeadModel(
             GPT2Config(vocab_size=vocab_size, n_embd=16, n_layer=1, n_head=2, n_positions=32)
         )
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        tie_word_embeddings=kind == "llama-tied",
-    )
+    config = llama_config(vocab_size, 16, tied=kind == "llama-tied", num_hidden_layers=1)
     return LlamaForCausalLM(config)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_models import llama_config
 
 from dccl_hf import CompressedEmbedding
 from dccl_hf.integration import layer as layer_module
@@ -129,21 +130,11 @@ class _Logits(torch.nn.Module):
 
 
 def tiny_tied_llama(padding_idx: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from dccl_hf.integration.model import resize_with_codes
 
-    config = LlamaConfig(
-        vocab_size=40,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-        pad_token_id=padding_idx,
-        tie_word_embeddings=True,
-    )
+    config = llama_config(40, 16, num_hidden_layers=1, max_position_embeddings=16, pad_token_id=padding_idx)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     generator = torch.Generator().manual_seed(1)

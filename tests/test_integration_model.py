@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from tiny_models import llama_config
 from torch import nn
 from transformers import (
     AutoModel,
@@ -25,7 +26,6 @@ from transformers import (
     BertForMaskedLM,
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
     Trainer,
@@ -64,18 +64,7 @@ def build(kind: str) -> PreTrainedModel:
         )
         return GPT2LMHeadModel(config).eval()
     if kind.startswith("llama"):
-        config = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=32,
-            bos_token_id=1,
-            eos_token_id=2,
-            tie_word_embeddings=kind == "llama-tied",
-        )
+        config = llama_config(VOCAB, HIDDEN, tied=kind == "llama-tied", bos_token_id=1, eos_token_id=2)
         return LlamaForCausalLM(config).eval()
     model = BertForMaskedLM(
         BertConfig(

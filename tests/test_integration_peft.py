@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, get_peft_model
+from tiny_models import compressed_llama
 from tiny_text import WORDS, word_tokenizer
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import dccl_hf  # noqa: F401  (registers the "dccl" quantizer)
 from dccl_hf import CompressedEmbedding
@@ -19,27 +20,14 @@ VOCAB, HIDDEN = 120, 32
 IDS = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
 
 
-def compressed_llama(tied: bool = True) -> PreTrainedModel:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        tie_word_embeddings=tied,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    model.resize_with_codes(4, 16, progress=False, max_iterations=1, seed=0)
-    return model
+def build(tied: bool = True) -> PreTrainedModel:
+    return compressed_llama(VOCAB, HIDDEN, tied=tied)
 
 
 @pytest.fixture(scope="module")
 def base_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("base")
-    compressed_llama().save_pretrained(folder)
+    build().save_pretrained(folder)
     return folder
 
 
@@ -97,7 +85,7 @@ def test_modules_to_save_trains_one_table_for_both_tied_sides(base_folder: Path,
 
 
 def test_replacing_the_tied_embedding_by_something_unreadable_is_an_error() -> None:
-    model = compressed_llama()
+    model = build()
     model.model.embed_tokens = torch.nn.Embedding(VOCAB, HIDDEN)
     with pytest.raises(RuntimeError, match=r"tied to model\.embed_tokens, which is now a Embedding"):
         logits(model)

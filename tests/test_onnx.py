@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import llama_config
 from torch import nn
 
 from dccl_hf import CompressedEmbedding, export_onnx
@@ -29,7 +30,7 @@ def compressed_embedding(codebook_size: int, scale: float = 1.0) -> CompressedEm
 
 
 def build_model(kind: str, codebook_size: int) -> nn.Module:
-    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+    from transformers import BertConfig, BertModel, LlamaForCausalLM
 
     if kind == "bert":
         config = BertConfig(
@@ -43,19 +44,7 @@ def build_model(kind: str, codebook_size: int) -> nn.Module:
         )
         model = BertModel(config)
     else:
-        config = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=DIM,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=32,
-            pad_token_id=PADDING,
-            bos_token_id=1,
-            eos_token_id=2,
-            tie_word_embeddings=True,
-        )
+        config = llama_config(VOCAB, DIM, pad_token_id=PADDING, bos_token_id=1, eos_token_id=2)
         model = LlamaForCausalLM(config)
     # Rows of the size transformers initialises them with (std 0.02), so that logits are of order one.
     model.resize_with_codes(compressed_embedding(codebook_size, scale=0.02 / NUM_CODEBOOKS**0.5))
