@@ -188,6 +188,24 @@ class Run:
             model.get_input_embeddings().weight.copy_(round_to_nearest(self.dense, bits))
         self.measure(model, f"int{bits} RTN g{GROUP}", "rtn", rtn_megabytes(self.dense, bits), 0.0)
 
+    def calibrated(
+        self, num_codebooks: int, codebook_size: int, **options: object
+    ) -> tuple[PreTrainedModel, dccl_hf.CompressedEmbedding, float]:
+        """A copy of the model after `resize_with_codes` on the calibration text without distillation, the
+        compressed table and the call's wall time."""
+        model = copy.deepcopy(self.model)
+        start = time.monotonic()
+        module = model.resize_with_codes(
+            num_codebooks,
+            codebook_size,
+            tokenizer=self.tokenizer,
+            calibration=self.calibration,
+            distill=False,
+            progress=False,
+            **options,
+        )
+        return model, module, time.monotonic() - start
+
     def codes(self, num_codebooks: int, codebook_size: int) -> None:
         args = self.args
         label = f"dccl M={num_codebooks} K={codebook_size}"
@@ -199,34 +217,13 @@ class Run:
             model.resize_with_codes(module)
             self.measure(model, f"{label} plain", "plain", codes_megabytes(module), time.monotonic() - start)
         if "frequency" in args.variants:  # the input side's objective alone: frequency weights, no metric
-            model = copy.deepcopy(self.model)
-            start = time.monotonic()
-            module = model.resize_with_codes(
-                num_codebooks,
-                codebook_size,
-                tokenizer=self.tokenizer,
-                calibration=self.calibration,
-                sensitivity=False,
-                distill=False,
-                progress=False,
-                **budget,
+            model, module, seconds = self.calibrated(
+                num_codebooks, codebook_size, sensitivity=False, **budget
             )
-            seconds = time.monotonic() - start
             self.measure(model, f"{label} frequency", "frequency", codes_megabytes(module), seconds)
         if not {"weighted", "distilled"} & set(args.variants):
             return
-        model = copy.deepcopy(self.model)
-        start = time.monotonic()
-        module = model.resize_with_codes(
-            num_codebooks,
-            codebook_size,
-            tokenizer=self.tokenizer,
-            calibration=self.calibration,
-            distill=False,
-            progress=False,
-            **budget,
-        )
-        weighted_seconds = time.monotonic() - start
+        model, module, weighted_seconds = self.calibrated(num_codebooks, codebook_size, **budget)
         if "weighted" in args.variants:
             self.measure(model, f"{label} weighted", "weighted", codes_megabytes(module), weighted_seconds)
         if "distilled" in args.variants:
